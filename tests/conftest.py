@@ -1,0 +1,42 @@
+"""Shared fixtures: where ../shared lives (skip cleanly when absent), the repo root."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _shared_dir() -> Path | None:
+    env = os.getenv("YOLOV5_SHARED")
+    for cand in ([Path(env)] if env else []) + [ROOT.parent / "shared"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    d = _shared_dir()
+    if d is None:
+        pytest.skip("../shared is not present")
+    return d
+
+
+@pytest.fixture(scope="session")
+def official_weights(shared_dir) -> Path:
+    p = shared_dir / "weights" / "yolov5n.pt"
+    if not p.is_file():
+        pytest.skip(f"{p} is not present")
+    return p
+
+
+@pytest.fixture(scope="session")
+def coco128_dir(shared_dir) -> Path:
+    p = shared_dir / "datasets" / "coco128"
+    if not (p / "images").is_dir():
+        pytest.skip(f"{p} is not present")
+    return p
