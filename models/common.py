@@ -1,0 +1,188 @@
+"""YOLOv5 v6.1 building blocks, registered for the yaml parser.
+
+Module structure (submodule names and the number of nn.Modules) follows v6.1 exactly, so official
+state_dicts map one to one and the model summary counts the same layers. The attention blocks live in
+models/attention/ and are re-exported at the bottom of this file.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from models.registry import (batchnorm, concat_channels, contract, expand, out_channels, register)
+
+
+def autopad(k, p=None):
+    """'same' padding for odd kernels."""
+    if p is None:
+        p = k // 2 if isinstance(k, int) else [x // 2 for x in k]
+    return p
+
+
+@register(build=out_channels())
+class Conv(nn.Module):
+    """Conv2d (no bias) + BatchNorm2d + SiLU; `fuse()` folds the BN into the conv."""
+
+    def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act=True):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+        self.act = nn.SiLU() if act is True else (act if isinstance(act, nn.Module) else nn.Identity())
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+    def forward_fuse(self, x):
+        return self.act(self.conv(x))
+
+
+@register(build=out_channels())
+class DWConv(Conv):
+    """Depthwise-style conv: groups = gcd(c1, c2)."""
+
+    def __init__(self, c1, c2, k=1, s=1, act=True):
+        import math
+        super().__init__(c1, c2, k, s, g=math.gcd(c1, c2), act=act)
+
+
+@register(build=out_channels())
+class Bottleneck(nn.Module):
+    def __init__(self, c1, c2, shortcut=True, g=1, e=0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_, c2, 3, 1, g=g)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x):
+        y = self.cv2(self.cv1(x))
+        return x + y if self.add else y
+
+
+@register(build=out_channels(repeats=True))
+class BottleneckCSP(nn.Module):
+    """CSP bottleneck (Cross Stage Partial Networks)."""
+
+    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = nn.Conv2d(c1, c_, 1, 1, bias=False)
+        self.cv3 = nn.Conv2d(c_, c_, 1, 1, bias=False)
+        self.cv4 = Conv(2 * c_, c2, 1, 1)
+        self.bn = nn.BatchNorm2d(2 * c_)
+        self.act = nn.SiLU()
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+
+    def forward(self, x):
+        y1 = self.cv3(self.m(self.cv1(x)))
+        y2 = self.cv2(x)
+        return self.cv4(self.act(self.bn(torch.cat((y1, y2), 1))))
+
+
+@register(build=out_channels(repeats=True))
+class C3(nn.Module):
+    """CSP bottleneck with 3 convolutions."""
+
+    def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c1, c_, 1, 1)
+        self.cv3 = Conv(2 * c_, c2, 1)
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, e=1.0) for _ in range(n)))
+
+    def forward(self, x):
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+@register(build=out_channels())
+class SPP(nn.Module):
+    """Spatial pyramid pooling (YOLOv3-SPP)."""
+
+    def __init__(self, c1, c2, k=(5, 9, 13)):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_ * (len(k) + 1), c2, 1, 1)
+        self.m = nn.ModuleList(nn.MaxPool2d(kernel_size=x, stride=1, padding=x // 2) for x in k)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        return self.cv2(torch.cat([x] + [m(x) for m in self.m], 1))
+
+
+@register(build=out_channels())
+class SPPF(nn.Module):
+    """SPP-Fast: three chained max-pools of size k, equivalent to SPP(k=(5, 9, 13)) for k=5."""
+
+    def __init__(self, c1, c2, k=5):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c_ * 4, c2, 1, 1)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.m(x)
+        y2 = self.m(y1)
+        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+
+
+@register(build=out_channels())
+class Focus(nn.Module):
+    """Space-to-depth (x(b,c,w,h) -> y(b,4c,w/2,h/2)) then Conv; used by v5.0 yamls."""
+
+    def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act=True):
+        super().__init__()
+        self.conv = Conv(c1 * 4, c2, k, s, p, g, act)
+
+    def forward(self, x):
+        return self.conv(torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1))
+
+
+@register(build=contract())
+class Contract(nn.Module):
+    """Width/height into channels: (b,c,h,w) -> (b,c*g*g,h/g,w/g)."""
+
+    def __init__(self, gain=2):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        s = self.gain
+        x = x.view(b, c, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(b, c * s * s, h // s, w // s)
+
+
+@register(build=expand())
+class Expand(nn.Module):
+    """Channels into width/height: (b,c,h,w) -> (b,c/g/g,h*g,w*g)."""
+
+    def __init__(self, gain=2):
+        super().__init__()
+        self.gain = gain
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        s = self.gain
+        x = x.view(b, s, s, c // s ** 2, h, w).permute(0, 3, 4, 1, 5, 2).contiguous()
+        return x.view(b, c // s ** 2, h * s, w * s)
+
+
+@register(build=concat_channels())
+class Concat(nn.Module):
+    def __init__(self, dimension=1):
+        super().__init__()
+        self.d = dimension
+
+    def forward(self, x):
+        return torch.cat(x, self.d)
+
+
+register("nn.BatchNorm2d", build=batchnorm())(nn.BatchNorm2d)
+
+# Attention blocks register themselves on import and are importable from here, as users expect.
+from models.attention import *  # noqa: E402,F401,F403

@@ -1,0 +1,315 @@
+"""YOLOv5 Detect head, Model and parse_model.
+
+Usage: python models/yolo.py --cfg yolov5s_TripletAttention.yaml [--imgsz 640]
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+import sys
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from models.common import Conv, DWConv  # noqa: E402  (also registers every block)
+from models.config import load_model_yaml  # noqa: E402
+from models.registry import REGISTRY, LayerContext, ModelConfigError, check_call, detect_head, lookup, register  # noqa: E402
+from utils.log import LOGGER  # noqa: E402
+from utils.torch_utils import fuse_conv_and_bn, initialize_weights, scale_img  # noqa: E402
+
+
+@register(build=detect_head())
+class Detect(nn.Module):
+    """Per level a 1x1 conv to na*(nc+5) outputs; in eval mode decodes boxes to input pixels."""
+    stride = None  # set by Model from a probe forward
+    export = False  # export mode returns only the decoded tensor
+
+    def __init__(self, nc=80, anchors=(), ch=(), inplace=True):
+        super().__init__()
+        self.nc = nc
+        self.no = nc + 5
+        self.nl = len(anchors)
+        self.na = len(anchors[0]) // 2
+        self.grid = [torch.empty(0)] * self.nl
+        self.anchor_grid = [torch.empty(0)] * self.nl
+        self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))  # in grid units after Model init
+        self.m = nn.ModuleList(nn.Conv2d(x, self.no * self.na, 1) for x in ch)
+        self.inplace = inplace
+
+    def forward(self, x):
+        z = []
+        for i in range(self.nl):
+            x[i] = self.m[i](x[i])
+            bs, _, ny, nx = x[i].shape
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
+            if self.training:
+                continue
+            if self.grid[i].shape[2:4] != (ny, nx) or self.grid[i].dtype != x[i].dtype or self.grid[i].device != x[i].device:
+                self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i, x[i])
+            y = x[i].sigmoid()
+            if self.inplace and not self.export:
+                y[..., 0:2] = (y[..., 0:2] * 2 - 0.5 + self.grid[i]) * self.stride[i]
+                y[..., 2:4] = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i]
+            else:  # out of place: traces cleanly for export and keeps autograd simple
+                xy = (y[..., 0:2] * 2 - 0.5 + self.grid[i]) * self.stride[i]
+                wh = (y[..., 2:4] * 2) ** 2 * self.anchor_grid[i]
+                y = torch.cat((xy, wh, y[..., 4:]), -1)
+            z.append(y.view(bs, -1, self.no))
+        if self.training:
+            return x
+        return torch.cat(z, 1) if self.export else (torch.cat(z, 1), x)
+
+    def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor):
+        d, t = like.device, like.dtype
+        yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
+        grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2)
+        anchor_grid = (self.anchors[i] * self.stride[i]).to(d, t).view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
+        return grid, anchor_grid
+
+
+def _resolve_arg(a, nc, anchors):
+    """yaml strings 'nc', 'anchors', 'None' and literals, without eval."""
+    if not isinstance(a, str):
+        return a
+    if a == "nc":
+        return nc
+    if a == "anchors":
+        return anchors
+    try:
+        return ast.literal_eval(a)
+    except (ValueError, SyntaxError):
+        return a  # a plain string argument such as 'nearest'
+
+
+def _check_from(f, i: int, ch: list[int], ctx_row: str) -> list[int]:
+    """`from` as a list of absolute indices, each pointing at an earlier layer (or the image for layer 0)."""
+    froms = [f] if isinstance(f, int) else list(f)
+    absolute = []
+    for x in froms:
+        if not isinstance(x, int):
+            raise ModelConfigError(f"layer {i}, row {ctx_row}: `from` entries must be integers, got {x!r}")
+        j = x if x >= 0 else i + x
+        if not (-1 <= j < i) or (i > 0 and j < 0):
+            raise ModelConfigError(f"layer {i}, row {ctx_row}: `from` index {x} is out of range "
+                                   f"(layer {i} can read layers 0..{i - 1}" + (" or -1" if i else ", -1 = the image") + ")")
+        absolute.append(j)
+    return absolute
+
+
+def parse_model(d: dict, ch: list[int]):
+    """Build the layer list from a model dict; every module is built through the registry."""
+    anchors, nc, gd, gw = d["anchors"], d["nc"], d["depth_multiple"], d["width_multiple"]
+    LOGGER.debug(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
+    layers, save, c2 = [], [], ch[-1]
+    rows = list(d["backbone"]) + list(d["head"])
+    for i, row in enumerate(rows):
+        row_text = str(row)
+        if not isinstance(row, (list, tuple)) or len(row) != 4:
+            raise ModelConfigError(f"layer {i}, row {row_text}: expected [from, number, module, args]")
+        f, n, name, args = row
+        absolute = _check_from(f, i, ch, row_text)
+        if not isinstance(n, int) or n < 1:
+            raise ModelConfigError(f"layer {i}, row {row_text}: number of repeats must be a positive integer, got {n!r}")
+        args = [_resolve_arg(a, nc, anchors) for a in (args or [])]
+        n_ = max(round(n * gd), 1) if n > 1 else n
+        ch_in = [ch[x + 1] for x in absolute]  # ch[0] is the image, ch[j + 1] is layer j's output
+        ctx = LayerContext(i, row_text, ch_in, args, n_, gw, gd, nc, anchors, d.get("scale", ""))
+        spec = lookup(str(name), ctx)
+        built = spec.build(ctx)
+        check_call(spec.cls, built, ctx)
+        try:
+            mods = [spec.cls(*built.args, **built.kwargs) for _ in range(built.n)]
+        except ModelConfigError:
+            raise
+        except (ValueError, AssertionError, TypeError, RuntimeError) as e:
+            raise ctx.error(f"{spec.name} could not be built: {e}") from e
+        m_ = nn.Sequential(*mods) if built.n > 1 else mods[0]
+        m_.i, m_.f, m_.type = i, f, spec.name
+        m_.np = sum(p.numel() for p in m_.parameters())
+        LOGGER.debug(f"{i:>3}{str(f):>18}{n_:>3}{m_.np:10.0f}  {spec.name:<40}{str(built.args):<30}")
+        save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)  # outputs read later
+        layers.append(m_)
+        c2 = built.c2
+        ch.append(c2)
+    return nn.Sequential(*layers), sorted(set(save))
+
+
+class Model(nn.Module):
+    """A YOLOv5 detection model built from a yaml (path, name such as 'yolov5s_CGA.yaml', or dict)."""
+
+    def __init__(self, cfg="yolov5s.yaml", ch=3, nc=None, anchors=None, verbose=False):
+        super().__init__()
+        self.yaml = load_model_yaml(cfg)
+        self.yaml_file = self.yaml.get("yaml_file", "")
+        ch = self.yaml["ch"] = self.yaml.get("ch", ch)
+        if nc and nc != self.yaml.get("nc"):
+            LOGGER.info(f"Overriding model.yaml nc={self.yaml.get('nc')} with nc={nc}")
+            self.yaml["nc"] = nc
+        if anchors:
+            LOGGER.info(f"Overriding model.yaml anchors with anchors={anchors}")
+            self.yaml["anchors"] = round(anchors)
+        self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch])
+        self.names = [str(i) for i in range(self.yaml["nc"])]
+        self.inplace = self.yaml.get("inplace", True)
+        self._init_detect(ch)
+        self._init_weights()
+        if verbose:
+            self.info()
+
+    # ------------------------------------------------------------------ construction helpers
+    def _init_detect(self, ch: int) -> None:
+        m = self.model[-1]
+        if not isinstance(m, Detect):
+            self.stride = torch.tensor([32.0])
+            return
+        s = 256  # probe size, as v6.1; any size works since every block is size-free
+        m.inplace = self.inplace
+        with torch.no_grad():
+            was_training = self.training
+            self.train()  # Detect returns raw maps in training mode
+            outs = self._forward_once(torch.zeros(1, ch, s, s), probe=True)
+            self.train(was_training)
+        m.stride = torch.tensor([s / x.shape[-2] for x in outs])
+        m.anchors /= m.stride.view(-1, 1, 1)
+        check_anchor_order(m)
+        self.stride = m.stride
+        self._initialize_biases()
+
+    def _init_weights(self) -> None:
+        for layer in self.model:
+            spec = REGISTRY.get(getattr(layer, "type", ""))
+            if spec is not None and spec.attention:
+                continue  # attention blocks keep their official BN settings
+            initialize_weights(layer.modules())
+
+    def _initialize_biases(self, cf=None) -> None:
+        """Objectness prior of ~8 objects per 640 image, class prior of 0.6/nc (YOLOv5's init)."""
+        m = self.model[-1]
+        for mi, s in zip(m.m, m.stride):
+            b = mi.bias.view(m.na, -1)
+            b.data[:, 4] += math.log(8 / (640 / s) ** 2)
+            b.data[:, 5:] += math.log(0.6 / (m.nc - 0.99)) if cf is None else torch.log(cf / cf.sum())
+            mi.bias = nn.Parameter(b.view(-1), requires_grad=True)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x, augment=False, profile=False, visualize=False):
+        if augment:
+            return self._forward_augment(x)
+        return self._forward_once(x)
+
+    def _forward_once(self, x, probe=False):
+        y = []
+        for m in self.model:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if probe:
+                x = _run_layer_named(m, x)
+            else:
+                x = m(x)
+            y.append(x if m.i in self.save else None)
+        return x
+
+    def _forward_augment(self, x):
+        """Test-time augmentation: scales 1, 0.83, 0.67 with a left-right flip at 0.83 (as YOLOv5)."""
+        img_size = x.shape[-2:]
+        s, f = [1, 0.83, 0.67], [None, 3, None]
+        y = []
+        for si, fi in zip(s, f):
+            xi = scale_img(x.flip(fi) if fi else x, si, gs=int(self.stride.max()))
+            yi = self._forward_once(xi)[0]
+            y.append(self._descale_pred(yi, fi, si, img_size))
+        y = self._clip_augmented(y)
+        return torch.cat(y, 1), None
+
+    def _descale_pred(self, p, flips, scale, img_size):
+        x, y, wh = p[..., 0:1] / scale, p[..., 1:2] / scale, p[..., 2:4] / scale
+        if flips == 2:
+            y = img_size[0] - y
+        elif flips == 3:
+            x = img_size[1] - x
+        return torch.cat((x, y, wh, p[..., 4:]), -1)
+
+    def _clip_augmented(self, y):
+        """Drop the large-object predictions of the upscaled pass and the small ones of the downscaled pass."""
+        nl = self.model[-1].nl
+        g = sum(4 ** x for x in range(nl))
+        i = (y[0].shape[1] // g) * sum(4 ** x for x in range(1))
+        y[0] = y[0][:, :-i]
+        i = (y[-1].shape[1] // g) * sum(4 ** (nl - 1 - x) for x in range(1))
+        y[-1] = y[-1][:, i:]
+        return y
+
+    # ------------------------------------------------------------------ utilities
+    def fuse(self):
+        """Fold every Conv's BatchNorm into its conv (inference only)."""
+        LOGGER.info("Fusing layers... ")
+        for m in self.model.modules():
+            if isinstance(m, (Conv, DWConv)) and hasattr(m, "bn"):
+                m.conv = fuse_conv_and_bn(m.conv, m.bn)
+                delattr(m, "bn")
+                m.forward = m.forward_fuse
+        self.info()
+        return self
+
+    def info(self, verbose=False, imgsz=640):
+        from utils.flops import model_info
+        return model_info(self, verbose=verbose, imgsz=imgsz)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Keep Detect's stride and cached grids on the model's device/dtype (to(), cuda(), half())."""
+        self = super()._apply(fn, *args, **kwargs)
+        m = self.model[-1]
+        if isinstance(m, Detect) and m.stride is not None:
+            m.stride = fn(m.stride)
+            m.grid = [torch.empty(0)] * m.nl
+            m.anchor_grid = [torch.empty(0)] * m.nl
+            self.stride = m.stride
+        return self
+
+
+def _run_layer_named(m: nn.Module, x):
+    """Run one layer of the probe pass; a failure names the layer, its row and the input shapes."""
+    try:
+        return m(x)
+    except Exception as e:
+        shapes = [tuple(t.shape) for t in x] if isinstance(x, list) else tuple(x.shape)
+        raise ModelConfigError(f"layer {m.i} ({m.type}, from {m.f}) failed on input {shapes}: {e}") from e
+
+
+def check_anchor_order(m: Detect) -> None:
+    """Anchors must grow with stride (P3 smallest); flip them when a yaml lists them the other way."""
+    a = m.anchors.prod(-1).mean(-1).view(-1)
+    da, ds = a[-1] - a[0], m.stride[-1] - m.stride[0]
+    if da and da.sign() != ds.sign():
+        LOGGER.info("AutoAnchor: reversing anchor order")
+        m.anchors[:] = m.anchors.flip(0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Build a model from its yaml and print the summary with true GFLOPs")
+    p.add_argument("--cfg", type=str, default="yolov5s.yaml", help="model.yaml (e.g. yolov5s_TripletAttention.yaml)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=[640], help="GFLOPs input size (h [w])")
+    p.add_argument("--fuse", action="store_true", help="also print the fused summary")
+    p.add_argument("--verbose", action="store_true", help="print the per-layer table")
+    opt = p.parse_args(argv)
+    import logging
+    if opt.verbose:
+        LOGGER.setLevel(logging.DEBUG)
+    model = Model(opt.cfg)
+    imgsz = opt.imgsz if len(opt.imgsz) > 1 else opt.imgsz * 2
+    model.info(verbose=opt.verbose, imgsz=imgsz)
+    if opt.fuse:
+        model.eval()
+        model.fuse()
+    return model
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Small torch helpers: conv+BN fusion, YOLOv5's weight init, image scaling for TTA, devices, seeds."""
+from __future__ import annotations
+
+import math
+import os
+import random
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def fuse_conv_and_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """Fold an inference-mode BatchNorm into the preceding conv (returns a new conv with bias)."""
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True).requires_grad_(False).to(conv.weight.device)
+    scale = bn.weight.div(torch.sqrt(bn.running_var + bn.eps))
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def initialize_weights(modules) -> None:
+    """YOLOv5's init: BN eps 1e-3 / momentum 0.03, in-place activations (conv weights keep torch's init)."""
+    for m in modules:
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-3
+            m.momentum = 0.03
+        elif isinstance(m, (nn.Hardswish, nn.LeakyReLU, nn.ReLU, nn.ReLU6, nn.SiLU)):
+            m.inplace = True
+
+
+def scale_img(img: torch.Tensor, ratio: float = 1.0, same_shape: bool = False, gs: int = 32) -> torch.Tensor:
+    """Resize a (B,C,H,W) batch by `ratio` and pad to a multiple of gs (test-time augmentation)."""
+    if ratio == 1.0:
+        return img
+    h, w = img.shape[2:]
+    s = (int(h * ratio), int(w * ratio))
+    img = F.interpolate(img, size=s, mode="bilinear", align_corners=False)
+    if not same_shape:
+        h, w = (math.ceil(x * ratio / gs) * gs for x in (h, w))
+    return F.pad(img, [0, w - s[1], 0, h - s[0]], value=0.447)
+
+
+def select_device(device: str | int | torch.device = "", batch_size: int = 0) -> torch.device:
+    """'' -> cuda:0 if available else cpu; 'cpu'; '0' or '0,1' (CUDA indices); a clear error otherwise."""
+    if isinstance(device, torch.device):
+        return device
+    spec = str(device).strip().lower().replace("cuda:", "")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec in ("", "none"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r} asks for CUDA but no CUDA device is available; use --device cpu")
+    ids = [int(x) for x in spec.split(",") if x != ""]
+    bad = [i for i in ids if i >= torch.cuda.device_count()]
+    if bad:
+        raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if len(ids) > 1 and batch_size and batch_size % len(ids):
+        raise ValueError(f"--batch-size {batch_size} is not a multiple of the {len(ids)} devices")
+    return torch.device(f"cuda:{ids[0]}")
+
+
+def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def de_parallel(model: nn.Module) -> nn.Module:
+    """The bare model behind DataParallel / DistributedDataParallel."""
+    return model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else model
