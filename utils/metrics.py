@@ -1,0 +1,268 @@
+"""Validation metrics as YOLOv5 v6.1 computes them: IoUs, prediction/label matching, per-class AP,
+fitness and the confusion matrix.
+
+The numbers must equal v6.1's, so a few of its quirks are kept on purpose and marked "v6.1 quirk".
+Plots live in utils/metric_plots.py and are imported only when asked for.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.boxes import xywh2xyxy
+
+# The 10 COCO IoU thresholds 0.50:0.05:0.95 that val uses for mAP50-95 (column 0 is mAP50).
+IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
+
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy >= 2.0 renamed trapz
+
+
+# ----------------------------------------------------------------------------------------- IoU --
+
+def box_iou(box1: torch.Tensor, box2: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M).
+
+    Unlike v6.1 no eps is added to the union (it would shift IoUs that sit exactly on a threshold);
+    the union is only floored at eps so that zero-area boxes give 0 instead of NaN.
+    """
+    area1 = (box1[:, 2] - box1[:, 0]) * (box1[:, 3] - box1[:, 1])
+    area2 = (box2[:, 2] - box2[:, 0]) * (box2[:, 3] - box2[:, 1])
+    top_left = torch.max(box1[:, None, :2], box2[None, :, :2])
+    bottom_right = torch.min(box1[:, None, 2:], box2[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(2)
+    union = area1[:, None] + area2[None, :] - inter
+    return inter / union.clamp(min=eps)
+
+
+def _corners(box: torch.Tensor, xywh: bool):
+    if xywh:
+        box = xywh2xyxy(box)
+    return box[..., 0], box[..., 1], box[..., 2], box[..., 3]
+
+
+def bbox_iou(box1: torch.Tensor, box2: torch.Tensor, *, xywh: bool = False, GIoU: bool = False,
+             DIoU: bool = False, CIoU: bool = False, eps: float = 1e-7) -> torch.Tensor:
+    """Element-wise IoU (or GIoU/DIoU/CIoU) of boxes (..., 4) and (..., 4), broadcast -> (...).
+
+    Same formula and eps placement as v6.1's bbox_iou (eps added to heights and to the union), so
+    the CIoU box loss matches v6.1; the CIoU trade-off weight alpha carries no gradient, as in v6.1.
+    Pass xywh=True for centre/size boxes (what the loss uses).
+    """
+    b1_x1, b1_y1, b1_x2, b1_y2 = _corners(box1, xywh)
+    b2_x1, b2_y1, b2_x2, b2_y2 = _corners(box2, xywh)
+    inter = (torch.min(b1_x2, b2_x2) - torch.max(b1_x1, b2_x1)).clamp(0) * \
+            (torch.min(b1_y2, b2_y2) - torch.max(b1_y1, b2_y1)).clamp(0)
+    w1, h1 = b1_x2 - b1_x1, b1_y2 - b1_y1 + eps
+    w2, h2 = b2_x2 - b2_x1, b2_y2 - b2_y1 + eps
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    if not (GIoU or DIoU or CIoU):
+        return iou
+    cw = torch.max(b1_x2, b2_x2) - torch.min(b1_x1, b2_x1)  # smallest enclosing box
+    ch = torch.max(b1_y2, b2_y2) - torch.min(b1_y1, b2_y1)
+    if GIoU and not (DIoU or CIoU):
+        c_area = cw * ch + eps
+        return iou - (c_area - union) / c_area
+    c2 = cw ** 2 + ch ** 2 + eps  # enclosing diagonal squared
+    rho2 = ((b2_x1 + b2_x2 - b1_x1 - b1_x2) ** 2 + (b2_y1 + b2_y2 - b1_y1 - b1_y2) ** 2) / 4
+    if not CIoU:
+        return iou - rho2 / c2
+    v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
+
+
+# ------------------------------------------------------------------------------------ matching --
+
+def _greedy_pairs(pairs: np.ndarray, relabel_sort: bool) -> np.ndarray:
+    """Keep one pair per detection and one per label from rows [label, detection, iou].
+
+    Rows are sorted by IoU (descending) and the best row per detection kept. That step leaves the
+    rows ordered by detection index. v6.1 quirk (val's process_batch): it does NOT re-sort by IoU
+    before picking one row per label, so a label goes to its lowest-index (= most confident)
+    candidate, not its best-IoU one. The confusion matrix does re-sort (relabel_sort=True).
+    """
+    if len(pairs) <= 1:
+        return pairs
+    pairs = pairs[pairs[:, 2].argsort()[::-1]]
+    pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
+    if relabel_sort:
+        pairs = pairs[pairs[:, 2].argsort()[::-1]]
+    return pairs[np.unique(pairs[:, 0], return_index=True)[1]]
+
+
+def match_predictions(detections: torch.Tensor, labels: torch.Tensor,
+                      iouv: torch.Tensor | None = None) -> torch.Tensor:
+    """Which detections are correct at each IoU threshold, as v6.1's val.process_batch decides.
+
+    detections (N, 6) [x1, y1, x2, y2, conf, cls]; labels (M, 5) [cls, x1, y1, x2, y2], same pixel
+    space. Returns a bool tensor (N, len(iouv)) on iouv's device. Pairs with the same class and
+    IoU >= iouv[0] are matched greedily once (see _greedy_pairs); a matched detection is then correct
+    at every threshold its IoU reaches (v6.1 does not re-match per threshold).
+    """
+    iouv = IOU_THRESHOLDS.to(detections.device) if iouv is None else iouv
+    correct = torch.zeros(detections.shape[0], iouv.shape[0], dtype=torch.bool, device=iouv.device)
+    if detections.shape[0] == 0 or labels.shape[0] == 0:
+        return correct
+    iou = box_iou(labels[:, 1:].float(), detections[:, :4].float())
+    same_class = labels[:, 0:1] == detections[:, 5]
+    li, di = torch.nonzero((iou >= iouv[0]) & same_class, as_tuple=True)
+    if li.numel() == 0:
+        return correct
+    pairs = torch.stack((li.float(), di.float(), iou[li, di]), 1).cpu().numpy()
+    pairs = torch.from_numpy(_greedy_pairs(pairs, relabel_sort=False)).to(iouv.device)
+    correct[pairs[:, 1].long()] = pairs[:, 2:3] >= iouv
+    return correct
+
+
+process_batch = match_predictions  # v6.1's name, for val.py
+
+
+# ------------------------------------------------------------------------------------------ AP --
+
+def compute_ap(recall: np.ndarray, precision: np.ndarray):
+    """AP of one PR curve by COCO's 101-point rule, as v6.1 computes it -> (ap, mpre, mrec).
+
+    Sentinels: recall gets 0 in front and 1.0 at the end, precision 1.0 in front and 0 at the end;
+    precision is replaced by its envelope (running max from the right); the envelope is linearly
+    interpolated at recall 0, 0.01, ..., 1 and integrated with the trapezoid rule. Because the end
+    sentinel sits at recall 1.0 with precision 0, even a perfect curve scores 0.995 (v6.1 quirk).
+    """
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([1.0], precision, [0.0]))
+    mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
+    x = np.linspace(0, 1, 101)
+    ap = _trapezoid(np.interp(x, mrec, mpre), x)
+    return ap, mpre, mrec
+
+
+def _names_of(names, classes: np.ndarray) -> dict[int, str]:
+    """Names of the classes that have labels, re-indexed 0..k-1 (names may be a dict or a list)."""
+    table = names if isinstance(names, dict) else dict(enumerate(names))
+    return {i: str(table.get(int(c), int(c))) for i, c in enumerate(classes)} if table else {}
+
+
+def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names=(), eps=1e-16):
+    """Per-class AP, P, R and F1 as v6.1 computes them.
+
+    tp (n, 10) bool per prediction and IoU threshold; conf (n,); pred_cls (n,); target_cls (m,) the
+    class of every label. Only classes that have labels are reported (in sorted order).
+    Returns (tp, fp, p, r, f1, ap, unique_classes): tp/fp/p/r/f1 (k,) at the single confidence where
+    the class-mean F1 is highest (no smoothing, as in v6.1), ap (k, 10), unique_classes (k,) int32.
+    plot=True writes PR_curve.png, F1_curve.png, P_curve.png, R_curve.png into save_dir.
+    """
+    tp, conf = np.asarray(tp, dtype=np.float64), np.asarray(conf, dtype=np.float64)
+    pred_cls, target_cls = np.asarray(pred_cls), np.asarray(target_cls)
+    if tp.ndim == 1:
+        tp = tp[:, None]
+    order = np.argsort(-conf)
+    tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
+
+    unique_classes, nt = np.unique(target_cls, return_counts=True)
+    nc = unique_classes.shape[0]
+    if nc == 0:  # no labels anywhere: nothing to measure (np.argmax over zero classes would fail)
+        empty = np.zeros(0)
+        return empty, empty, empty, empty, empty, np.zeros((0, tp.shape[1])), unique_classes.astype("int32")
+    px, py = np.linspace(0, 1, 1000), []  # confidence grid; PR curves at IoU 0.5 for plots
+    ap, p, r = np.zeros((nc, tp.shape[1])), np.zeros((nc, 1000)), np.zeros((nc, 1000))
+    for ci, c in enumerate(unique_classes):
+        mine = pred_cls == c
+        if not mine.any():
+            py.append(np.zeros(1000))
+            continue
+        tpc = tp[mine].cumsum(0)
+        fpc = (1 - tp[mine]).cumsum(0)
+        recall = tpc / (nt[ci] + eps)
+        precision = tpc / (tpc + fpc)
+        # -conf is increasing, as np.interp needs; above the top confidence R=0 and P=1
+        r[ci] = np.interp(-px, -conf[mine], recall[:, 0], left=0)
+        p[ci] = np.interp(-px, -conf[mine], precision[:, 0], left=1)
+        for j in range(tp.shape[1]):
+            ap[ci, j], mpre, mrec = compute_ap(recall[:, j], precision[:, j])
+            if j == 0:
+                py.append(np.interp(px, mrec, mpre))
+
+    f1 = 2 * p * r / (p + r + eps)
+    if plot:
+        _plot_curves(px, py, ap, f1, p, r, Path(save_dir), _names_of(names, unique_classes))
+    best = f1.mean(0).argmax()
+    p, r, f1 = p[:, best], r[:, best], f1[:, best]
+    tp_count = (r * nt).round()
+    fp_count = (tp_count / (p + eps) - tp_count).round()
+    return tp_count, fp_count, p, r, f1, ap, unique_classes.astype("int32")
+
+
+def _plot_curves(px, py, ap, f1, p, r, save_dir: Path, names: dict) -> None:
+    from utils.metric_plots import plot_mc_curve, plot_pr_curve
+
+    if len(py):
+        plot_pr_curve(px, py, ap, save_dir / "PR_curve.png", names)
+    plot_mc_curve(px, f1, save_dir / "F1_curve.png", names, ylabel="F1")
+    plot_mc_curve(px, p, save_dir / "P_curve.png", names, ylabel="Precision")
+    plot_mc_curve(px, r, save_dir / "R_curve.png", names, ylabel="Recall")
+
+
+def fitness(x: np.ndarray) -> np.ndarray:
+    """v6.1's model fitness per row of [P, R, mAP50, mAP50-95, ...]: 0.1*mAP50 + 0.9*mAP50-95."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1, np.shape(x)[-1])
+    return (x[:, :4] * np.array([0.0, 0.0, 0.1, 0.9])).sum(1)
+
+
+# ---------------------------------------------------------------------------- confusion matrix --
+
+class ConfusionMatrix:
+    """(nc+1) x (nc+1) counts: rows = predicted class, columns = true class, index nc = background.
+
+    Column nc counts detections that match no label (background FP), row nc counts labels that no
+    detection matched (background FN). Matching as v6.1: detections with conf > conf, any class,
+    IoU > iou_thres, one-to-one greedily by IoU. One deliberate fix over v6.1: when an image has
+    no match at all its detections are still counted as background FP (v6.1 skipped them), and an
+    image with no labels is accepted.
+    """
+
+    def __init__(self, nc: int, conf: float = 0.25, iou_thres: float = 0.45):
+        self.matrix = np.zeros((nc + 1, nc + 1))
+        self.nc, self.conf, self.iou_thres = nc, conf, iou_thres
+
+    def process_batch(self, detections: torch.Tensor | None, labels: torch.Tensor) -> None:
+        """Add one image: detections (n, 6) [x1, y1, x2, y2, conf, cls]; labels (m, 5) [cls, xyxy]."""
+        if detections is None:
+            detections = torch.zeros((0, 6), device=labels.device)
+        detections = detections[detections[:, 4] > self.conf]
+        gt_classes = labels[:, 0].long().tolist()
+        det_classes = detections[:, 5].long().tolist()
+        iou = box_iou(labels[:, 1:].float(), detections[:, :4].float())
+        li, di = torch.nonzero(iou > self.iou_thres, as_tuple=True)
+        pairs = torch.stack((li.float(), di.float(), iou[li, di]), 1).cpu().numpy()
+        pairs = _greedy_pairs(pairs, relabel_sort=True).astype(np.int64)
+        label_to_det = dict(zip(pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+        for i, gc in enumerate(gt_classes):
+            row = det_classes[label_to_det[i]] if i in label_to_det else self.nc
+            self.matrix[row, gc] += 1
+        matched = set(pairs[:, 1].tolist())
+        for i, dc in enumerate(det_classes):
+            if i not in matched:
+                self.matrix[dc, self.nc] += 1
+
+    def tp_fp(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-class true and false positives (background row/column dropped)."""
+        tp = self.matrix.diagonal()
+        fp = self.matrix.sum(1) - tp
+        return tp[:-1], fp[:-1]
+
+    def plot(self, normalize: bool = True, save_dir=".", names=()) -> Path:
+        """Write save_dir/confusion_matrix.png (columns normalised to 1 when normalize)."""
+        from utils.metric_plots import plot_confusion_matrix
+
+        names = list(names.values()) if isinstance(names, dict) else list(names)
+        return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)
+
+    def print(self) -> None:
+        from utils.log import LOGGER
+
+        for row in self.matrix:
+            LOGGER.info(" ".join(map(str, row)))
