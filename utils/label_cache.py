@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils.labels import parse_label_file, verify_image
+from utils.labels import is_writable, parse_label_file, verify_image
 from utils.log import LOGGER
 
 CACHE_VERSION = 1
@@ -80,6 +80,8 @@ def _save(path: Path, scan: dict, hash_: str) -> None:
                   labels=all_labels.astype(np.float32), msgs=np.array(scan["msgs"], str),
                   stats=np.array([s["found"], s["missing"], s["empty"], s["corrupt"]], np.int64))
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not is_writable(path.parent):
+        raise PermissionError(f"{path.parent} is read-only")
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:  # a file object keeps np.savez from appending '.npz'
         np.savez(f, **arrays)
@@ -111,7 +113,7 @@ def load_or_scan(im_files: list[str], lb_files: list[str], cache_path: Path, nc:
             scan["cache_path"] = place
             log_scan(scan, prefix, place, cached=True)
             return scan
-    scan = _scan(im_files, lb_files, nc, prefix, f"{prefix}Scanning '{cache_path.parent}'")
+    scan = _scan(im_files, lb_files, nc, prefix, f"{prefix}Scanning '{cache_path.with_suffix('')}'")
     scan["cache_path"] = None
     for place in cache_locations(cache_path):
         try:
@@ -120,7 +122,7 @@ def load_or_scan(im_files: list[str], lb_files: list[str], cache_path: Path, nc:
             break
         except OSError:
             continue
-    log_scan(scan, prefix, cache_path.parent, cached=False)
+    log_scan(scan, prefix, cache_path.with_suffix(""), cached=False)
     if scan["cache_path"] is None:
         LOGGER.warning(f"{prefix}WARNING: could not write a label cache to {cache_locations(cache_path)}")
     elif scan["cache_path"] != cache_path:

@@ -71,12 +71,23 @@ def exif_size(im: Image.Image) -> tuple[int, int]:
     return w, h
 
 
+def is_writable(path) -> bool:
+    """Writable for us *and* by its mode bits: root passes os.access everywhere, but a tree marked
+    read-only (r-x) is shared data that must not be changed, so the mode bits decide too."""
+    try:
+        return os.access(path, os.W_OK) and bool(os.stat(path).st_mode & 0o222)
+    except OSError:
+        return False
+
+
 def _restore_truncated_jpeg(path: str) -> str:
     """A JPEG without its end marker: decode what is there and rewrite it; returns a note or raises."""
     data = np.fromfile(path, np.uint8)
     im = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if im is None:
         raise ValueError("truncated JPEG that cannot be decoded")
+    if not (is_writable(path) and is_writable(os.path.dirname(path) or ".")):
+        return "truncated JPEG (no end marker); decodable, left as is (read-only)"
     ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 100])
     tmp = f"{path}.restoring"
     try:

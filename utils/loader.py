@@ -1,0 +1,100 @@
+"""create_dataloader: YOLOv5's loader factory, with persistent seeded workers.
+
+Workers persist across epochs (DataLoader persistent_workers) so each epoch does not pay the start-up.
+Batches are reproducible for a given seed: the shuffle order comes from a seeded torch Generator and
+each worker seeds numpy/random from torch's per-worker seed. `--image-weights` works with persistent
+workers because the sampler (main process) reads `dataset.indices` each epoch, so train.py may keep
+reassigning `dataset.indices = random.choices(...)` as in YOLOv5.
+"""
+import os
+import random
+from contextlib import contextmanager
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.data.distributed import DistributedSampler
+
+from utils.dataset import LoadImagesAndLabels
+from utils.log import LOGGER
+
+PIN_MEMORY = str(os.getenv("PIN_MEMORY", True)).lower() == "true"
+SEED_OFFSET = 6148914691236517205  # a large odd constant so seed 0 is not a weak generator state
+
+
+class EpochIndexSampler(Sampler):
+    """Yields dataset.indices (read fresh every epoch, main process), optionally in a seeded random order."""
+
+    def __init__(self, dataset, shuffle=False, generator=None):
+        self.dataset, self.shuffle, self.generator = dataset, shuffle, generator
+        self.epoch = 0
+
+    def set_epoch(self, epoch):  # same call as DistributedSampler, so train.py need not branch
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.dataset.indices)
+
+    def __iter__(self):
+        indices = list(self.dataset.indices)
+        if self.shuffle:
+            order = torch.randperm(len(indices), generator=self.generator).tolist()
+            indices = [indices[i] for i in order]
+        return iter(indices)
+
+
+def seed_worker(worker_id):
+    """Seed numpy/random from torch's per-worker seed; keep OpenCV single-threaded inside workers."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    cv2.setNumThreads(0)  # the workers are the parallelism; cv2 threads would only fight over cores
+
+
+def collate_fn(batch):
+    """Stack images; concatenate targets with column 0 set to each target's image index in the batch."""
+    ims, labels, paths, shapes = zip(*batch)
+    for i, lb in enumerate(labels):
+        lb[:, 0] = i
+    return torch.stack(ims, 0), torch.cat(labels, 0), paths, shapes
+
+
+@contextmanager
+def distributed_zero_first(rank):
+    """Let rank 0 scan/cache first; the other ranks then read its cache."""
+    wait = rank not in (-1, 0) and dist.is_available() and dist.is_initialized()
+    if wait:
+        dist.barrier()
+    yield
+    if rank == 0 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=None, augment=False, cache=None,
+                      pad=0.0, rect=False, rank=-1, workers=8, image_weights=False, prefix="", shuffle=False,
+                      seed=0, nc=None):
+    """Build (DataLoader, LoadImagesAndLabels). nc (optional) rejects labels with class ids >= nc."""
+    if rect and shuffle:
+        LOGGER.warning(f"{prefix}WARNING: --rect is incompatible with shuffle, setting shuffle=False")
+        shuffle = False
+    if image_weights and rank != -1:
+        raise ValueError("--image-weights is not supported with DDP (rank != -1)")
+    with distributed_zero_first(rank):
+        dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
+                                      image_weights=image_weights, cache_images=cache, single_cls=single_cls,
+                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc)
+    batch_size = min(batch_size, len(dataset))
+    n_dev = max(torch.cuda.device_count(), 1)
+    nw = min((os.cpu_count() or 1) // n_dev, batch_size if batch_size > 1 else 0, workers)
+    generator = torch.Generator()
+    generator.manual_seed(SEED_OFFSET + seed + max(rank, 0))
+    if rank == -1:
+        sampler = EpochIndexSampler(dataset, shuffle, generator)
+    else:
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
+                        pin_memory=PIN_MEMORY and torch.cuda.is_available(), collate_fn=collate_fn,
+                        worker_init_fn=seed_worker, generator=generator, persistent_workers=nw > 0)
+    return loader, dataset
