@@ -168,6 +168,8 @@ def test_ap_per_class_multi_class_and_missing_predictions():
     np.testing.assert_allclose(ap[1], 0.0)
     assert r[1] == 0 and p[1] == 0
     assert ap_per_class(np.zeros((0, 10)), np.zeros(0), np.zeros(0), np.array([1]))[5].shape == (1, 10)
+    from_tensors = ap_per_class(torch.from_numpy(tp), torch.tensor([0.9, 0.8]), torch.tensor([0, 5]), [0, 2])
+    np.testing.assert_array_equal(from_tensors[5], ap)
     assert ap_per_class(np.zeros((0, 10)), np.zeros(0), np.zeros(0), np.zeros(0))[5].shape == (0, 10)
 
 

@@ -140,6 +140,11 @@ def compute_ap(recall: np.ndarray, precision: np.ndarray):
     return ap, mpre, mrec
 
 
+def _numpy(a) -> np.ndarray:
+    """Arrays, lists or (CUDA) tensors -> numpy."""
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
 def _names_of(names, classes: np.ndarray) -> dict[int, str]:
     """Names of the classes that have labels, re-indexed 0..k-1 (names may be a dict or a list)."""
     table = names if isinstance(names, dict) else dict(enumerate(names))
@@ -155,8 +160,8 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
     the class-mean F1 is highest (no smoothing, as in v6.1), ap (k, 10), unique_classes (k,) int32.
     plot=True writes PR_curve.png, F1_curve.png, P_curve.png, R_curve.png into save_dir.
     """
-    tp, conf = np.asarray(tp, dtype=np.float64), np.asarray(conf, dtype=np.float64)
-    pred_cls, target_cls = np.asarray(pred_cls), np.asarray(target_cls)
+    tp, conf, pred_cls, target_cls = (_numpy(a) for a in (tp, conf, pred_cls, target_cls))
+    tp, conf = tp.astype(np.float64), conf.astype(np.float64)
     if tp.ndim == 1:
         tp = tp[:, None]
     order = np.argsort(-conf)
