@@ -83,15 +83,41 @@ def perspective_matrix(in_shape, out_shape, degrees, translate, scale, shear, pe
     return T @ S @ R @ P @ C, s
 
 
+def _clip_polygon(pts, width, height):
+    """Sutherland-Hodgman: the part of a convex polygon (k, 2) inside [0, width] x [0, height]."""
+    for axis, bound, inside in ((0, 0, np.greater_equal), (0, width, np.less_equal),
+                                (1, 0, np.greater_equal), (1, height, np.less_equal)):
+        if not len(pts):
+            break
+        out = []
+        for p, q in zip(pts, np.roll(pts, -1, 0)):
+            p_in, q_in = inside(p[axis], bound), inside(q[axis], bound)
+            if p_in:
+                out.append(p)
+            if p_in != q_in:  # the edge crosses the bound: add the crossing point
+                t = (bound - p[axis]) / (q[axis] - p[axis])
+                out.append(p + t * (q - p))
+        pts = np.array(out).reshape(-1, 2)
+    return pts
+
+
 def transform_boxes(boxes, M, width, height, perspective=False):
-    """Map xyxy boxes (n, 4) through M by their 4 corners; the new box is the corners' hull, clipped."""
+    """Map xyxy boxes (n, 4) through M by their 4 corners; the new box bounds the transformed rectangle.
+
+    When M rotates or shears, a corner can leave the image while the rest stays: the box then bounds
+    the part of the transformed rectangle inside the image (clipping the corners' hull would be loose).
+    """
     n = len(boxes)
     xy = np.ones((n * 4, 3))
-    xy[:, :2] = boxes[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
+    xy[:, :2] = boxes[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(n * 4, 2)  # x1y1, x2y1, x2y2, x1y2 (in order)
     xy = xy @ M.T
-    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 8)
-    x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
-    new = np.stack((x.min(1), y.min(1), x.max(1), y.max(1)), 1)
+    xy = (xy[:, :2] / xy[:, 2:3] if perspective else xy[:, :2]).reshape(n, 4, 2)
+    new = np.concatenate((xy.min(1), xy.max(1)), 1)
+    outside = (new[:, 0] < 0) | (new[:, 1] < 0) | (new[:, 2] > width) | (new[:, 3] > height)
+    if perspective or M[0, 1] or M[1, 0]:  # not axis-aligned: clip the polygon, not its hull
+        for i in np.nonzero(outside)[0]:
+            poly = _clip_polygon(xy[i], width, height)
+            new[i] = np.concatenate((poly.min(0), poly.max(0))) if len(poly) else 0
     new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
     new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
     return new

@@ -2,8 +2,8 @@
 
 Accepted like YOLOv5: `path` (dataset root), `train`/`val`/`test` each a folder, a .txt list of images, or
 a list of those (relative entries are relative to `path`); `names` a list or an {id: name} map; `nc`
-optional but must agree with `names`. Extra keys: `generate: shapes` renders the synthetic set on first
-use; `hint:` is printed when the dataset cannot be found (nothing is ever downloaded).
+optional but must agree with `names`. Extra keys: `generate: shapes` (+ optional `generate_args:`) renders
+the synthetic set on first use; `hint:` is printed when the dataset cannot be found (nothing is downloaded).
 """
 from pathlib import Path
 
@@ -80,7 +80,7 @@ def _resolve_root(d: dict, yaml_file: Path | None, where: str) -> Path:
 
         p = Path(d.get("path") or f"datasets/{d['generate']}")
         root = p if p.is_absolute() else ROOT / p
-        ensure_generated(str(d["generate"]), root)
+        ensure_generated(str(d["generate"]), root, **(d.get("generate_args") or {}))
         return root
     p = Path(d.get("path") or (yaml_file.parent if yaml_file else Path.cwd()))
     cands = _path_candidates(p, yaml_file)

@@ -82,8 +82,7 @@ def is_writable(path) -> bool:
 
 def _restore_truncated_jpeg(path: str) -> str:
     """A JPEG without its end marker: decode what is there and rewrite it; returns a note or raises."""
-    data = np.fromfile(path, np.uint8)
-    im = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    im = cv2.imread(path)  # the loader's own decoder: what it can read here, training can read later
     if im is None:
         raise ValueError("truncated JPEG that cannot be decoded")
     if not (is_writable(path) and is_writable(os.path.dirname(path) or ".")):
