@@ -16,7 +16,7 @@ import numpy as np
 
 from utils.log import LOGGER
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: boxes measured from pixel edges (+0.5)
 NAMES = ["circle", "square", "triangle", "star", "cross", "ellipse"]
 DEFAULTS = dict(n_train=400, n_val=100, imgsz=256, seed=0)
 SHIFT = 4  # fixed-point bits for cv2.fillPoly: sub-pixel vertices
@@ -96,7 +96,8 @@ def _render_image(rng, size: int):
         cv2.fillPoly(img, [fixed], _contrasting_colour(rng, local), cv2.LINE_AA, shift=SHIFT)
         owner[m] = len(areas)
         areas.append(int(m.sum()))
-        rows.append((cls, *pts.min(0), *pts.max(0)))
+        # cv2 puts coordinate x at the centre of pixel x; labels measure from the image edge: +0.5
+        rows.append((cls, *(pts.min(0) + 0.5), *(pts.max(0) + 0.5)))
     cv2.setRNGSeed(int(rng.integers(2**31)))  # cv2's noise is ~7x faster than numpy's; seeded from rng
     noise = np.empty(img.shape, np.int16)
     cv2.randn(noise, 0, float(rng.uniform(2, 12)))
