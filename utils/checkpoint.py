@@ -41,12 +41,12 @@ os.umask(_UMASK)
 
 def to_plain(obj, where: str = "checkpoint"):
     """Convert to what `torch.load(weights_only=True)` accepts; anything else is a TypeError naming its place."""
+    if isinstance(obj, np.generic):  # first: np.float64 is also a float, and would pickle as a numpy global
+        return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     if isinstance(obj, torch.Tensor):
         return obj.detach()
-    if isinstance(obj, np.generic):
-        return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(obj).copy()) if obj.dtype != object else to_plain(obj.tolist(), where)
     if isinstance(obj, PurePath):
