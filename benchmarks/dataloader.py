@@ -4,6 +4,8 @@
 
 Counts images delivered to the main process after a warm-up (the workers start and every image is read
 once, so the OS file cache is warm), over several epochs of persistent workers. Prints a markdown table.
+Also prints images per CPU-second (all loader processes together) and what that gives on min(workers,
+cores) idle cores: on a machine shared with other jobs, wall-clock img/s only measures the load.
 """
 import argparse
 import os
@@ -20,19 +22,32 @@ from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.loader import create_dataloader  # noqa: E402
 
 
+def cpu_seconds(pids):
+    """User+system CPU time of processes (Linux /proc); NaN where unavailable."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return float("nan")
+    return total
+
+
 def measure(path, imgsz, batch, workers, hyp, epochs, seconds):
     loader, dataset = create_dataloader(path, imgsz, batch, 32, hyp=hyp, augment=True, workers=workers,
                                         shuffle=True, prefix="bench: ")
     for _ in loader:  # warm-up epoch: start workers, fill the page cache
         pass
-    n, t0 = 0, time.perf_counter()
+    pids = [os.getpid()] + [w.pid for w in loader._iterator._workers] if loader.num_workers else [os.getpid()]
+    n, t0, c0 = 0, time.perf_counter(), cpu_seconds(pids)
     for e in range(epochs):
         for imgs, *_ in loader:
             n += imgs.shape[0]
         if time.perf_counter() - t0 > seconds:
             break
-    dt = time.perf_counter() - t0
-    return n / dt, n, dt, loader.num_workers
+    dt, cpu = time.perf_counter() - t0, cpu_seconds(pids) - c0
+    return n / dt, n, dt, loader.num_workers, n / cpu
 
 
 def main():
@@ -50,13 +65,14 @@ def main():
     hyp = yaml.safe_load(Path(opt.hyp).read_text())
     rows = []
     for s in opt.imgsz:
-        ips, n, dt, nw = measure(path, s, opt.batch, opt.workers, hyp, opt.epochs, opt.seconds)
-        rows.append(f"| {s} | {opt.batch} | {nw} | {n} | {dt:.2f} | {ips:.1f} |")
+        ips, n, dt, nw, per_cpu_s = measure(path, s, opt.batch, opt.workers, hyp, opt.epochs, opt.seconds)
+        bound = per_cpu_s * min(max(nw, 1), os.cpu_count() or 1)
+        rows.append(f"| {s} | {opt.batch} | {nw} | {n} | {dt:.2f} | {ips:.1f} | {per_cpu_s:.1f} | {bound:.0f} |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nDataloader throughput, mosaic on ({Path(opt.hyp).name}), {path}")
     print(f"(cpu_count={os.cpu_count()}, 1-min load average at the end {load:.2f})\n")
-    print("| imgsz | batch | workers | images | seconds | img/s |")
-    print("|---|---|---|---|---|---|")
+    print("| imgsz | batch | workers | images | seconds | img/s | img per CPU-s | img/s if idle cores |")
+    print("|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 

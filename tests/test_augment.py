@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils.augment import augment_hsv, flip_lr, flip_ud, letterbox, mosaic4, random_perspective
+from utils.augment import (augment_hsv, flip_lr, flip_ud, letterbox, mosaic4, mosaic4_scale_translate,
+                           random_perspective)
 from utils.boxes import scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh, xyxy2xywhn
 from utils.dataset import LoadImagesAndLabels
 
@@ -87,6 +88,23 @@ def test_mosaic_then_perspective_keeps_boxes(seed):
     assert_boxes_match_pixels(out, t, area_lost_ok=0.1 * 1.5**2 * (128 // 3) ** 2)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_mosaic_scale_translate_keeps_boxes(seed):
+    rng = np.random.default_rng(seed)
+    random.seed(seed)
+    s = 128
+    ims, labels = [], []
+    for k in range(4):
+        im, rows = draw_objects(rng, int(rng.integers(60, 128)), 128, classes=[2 * k, 2 * k + 1])
+        labels.append(np.concatenate([rows[:, :1], xyxy2xywhn(rows[:, 1:], 128, im.shape[0])], 1))
+        ims.append(im)
+    center = [int(random.uniform(s // 2, 3 * s // 2)) for _ in range(2)]
+    out, t = mosaic4_scale_translate(lambda k: ims[k], [im.shape[:2] for im in ims], labels, s, center,
+                                     scale=0.5, translate=0.1)
+    assert out.shape == (s, s, 3) and t.shape[1] == 5
+    assert_boxes_match_pixels(out, t, area_lost_ok=0.1 * 1.5**2 * (128 // 3) ** 2)
+
+
 def test_flips_move_boxes_with_pixels():
     rng = np.random.default_rng(0)
     im, rows = draw_objects(rng, 90, 120, classes=[0, 1, 2])
@@ -145,11 +163,11 @@ def _rect_dataset(root: Path, n=4):
     return root / "images"
 
 
-@pytest.mark.parametrize("mosaic", [1.0, 0.0])
-def test_dataset_items_keep_boxes_on_objects(tmp_path, monkeypatch, mosaic):
+@pytest.mark.parametrize("mosaic,degrees", [(1.0, 15), (1.0, 0), (0.0, 15)])  # degrees 0: fast mosaic path
+def test_dataset_items_keep_boxes_on_objects(tmp_path, monkeypatch, mosaic, degrees):
     monkeypatch.setenv("YOLOV5_CACHE_DIR", str(tmp_path / "c"))
-    hyp = dict(hsv_h=0, hsv_s=0, hsv_v=0, degrees=15, translate=0.1, scale=0.5, shear=2, perspective=0.0,
-               flipud=0.5, fliplr=0.5, mosaic=mosaic, mixup=0.0)
+    hyp = dict(hsv_h=0, hsv_s=0, hsv_v=0, degrees=degrees, translate=0.1, scale=0.5, shear=degrees / 8,
+               perspective=0.0, flipud=0.5, fliplr=0.5, mosaic=mosaic, mixup=0.0)
     ds = LoadImagesAndLabels(str(_rect_dataset(tmp_path)), img_size=128, batch_size=2, augment=True, hyp=hyp)
     random.seed(0)
     np.random.seed(0)

@@ -176,17 +176,61 @@ def mosaic4(ims, labels, s, center):
     rows = []
     for im, lb, (a, b) in zip(ims, labels, mosaic_placements([im.shape[:2] for im in ims], s, center)):
         canvas[a[1]:a[3], a[0]:a[2]] = im[b[1]:b[3], b[0]:b[2]]
-        h, w = im.shape[:2]
-        padw, padh = a[0] - b[0], a[1] - b[1]
-        r = np.asarray(lb, np.float32).reshape(-1, 5).copy()
-        if len(r):
-            cx, cy, bw, bh = r[:, 1].copy(), r[:, 2].copy(), r[:, 3].copy(), r[:, 4].copy()
-            r[:, 1], r[:, 2] = w * (cx - bw / 2) + padw, h * (cy - bh / 2) + padh
-            r[:, 3], r[:, 4] = w * (cx + bw / 2) + padw, h * (cy + bh / 2) + padh
-        rows.append(r)
+        rows.append(_tile_rows(lb, im.shape[:2], a[0] - b[0], a[1] - b[1]))
     out = np.concatenate(rows, 0)
     out[:, 1:] = out[:, 1:].clip(0, 2 * s)
     return canvas, out
+
+
+def mosaic4_scale_translate(load, shapes, labels, s, center, scale=0.5, translate=0.1):
+    """mosaic4 followed by a random scale + translation to s x s, without building the 2s canvas.
+
+    Same distribution as mosaic4 + random_perspective with degrees = shear = perspective = 0 (every
+    shipped hyp): only the canvas window that lands in the output is assembled, then resized, and a
+    tile is loaded (load(k) -> image of shapes[k] = (h, w)) only if it shows. The window is whole
+    pixels, so the transform actually applied (a crop and a scale) is used for the boxes, which stay
+    exact. Returns (image, rows `cls x1 y1 x2 y2` in output pixels).
+    """
+    gain = random.uniform(1 - scale, 1 + scale)
+    tx, ty = (random.uniform(0.5 - translate, 0.5 + translate) * s for _ in range(2))
+    rw = rh = max(int(round(s / gain)), 1)  # window size in canvas pixels
+    ox, oy = int(math.floor(s - tx / gain)), int(math.floor(s - ty / gain))  # window corner on the canvas
+    window = None
+    rows = []
+    for k, (lb, (a, b)) in enumerate(zip(labels, mosaic_placements(shapes, s, center))):
+        x1, y1 = max(a[0], ox), max(a[1], oy)  # the part of this tile inside the window
+        x2, y2 = min(a[2], ox + rw), min(a[3], oy + rh)
+        if x2 > x1 and y2 > y1:
+            im = load(k)
+            if window is None:
+                window = np.full((rh, rw, im.shape[2]), PAD_VALUE, dtype=np.uint8)
+            window[y1 - oy:y2 - oy, x1 - ox:x2 - ox] = im[y1 - a[1] + b[1]:y2 - a[1] + b[1],
+                                                         x1 - a[0] + b[0]:x2 - a[0] + b[0]]
+        rows.append(_tile_rows(lb, shapes[k], a[0] - b[0], a[1] - b[1]))
+    if window is None:  # the window fell beside every tile
+        window = np.full((rh, rw, 3), PAD_VALUE, dtype=np.uint8)
+    out = cv2.resize(window, (s, s), interpolation=cv2.INTER_LINEAR) if rw != s else window
+    rows = np.concatenate(rows, 0)
+    rows[:, 1:] = rows[:, 1:].clip(0, 2 * s)  # the 2s canvas bounds, as in mosaic4
+    if not len(rows):
+        return out, rows
+    k = s / rw  # the scale actually applied
+    new = ((rows[:, 1:5] - [ox, oy, ox, oy]) * k).clip(0, s)
+    keep = box_candidates(rows[:, 1:5].T * k, new.T, area_thr=0.10)
+    rows = rows[keep]
+    rows[:, 1:5] = new[keep]
+    return out, rows
+
+
+def _tile_rows(lb, hw, padw, padh):
+    """Normalised `cls cx cy w h` of one tile -> `cls x1 y1 x2 y2` in canvas pixels."""
+    h, w = hw
+    r = np.asarray(lb, np.float32).reshape(-1, 5).copy()
+    if len(r):
+        cx, cy, bw, bh = r[:, 1].copy(), r[:, 2].copy(), r[:, 3].copy(), r[:, 4].copy()
+        r[:, 1], r[:, 2] = w * (cx - bw / 2) + padw, h * (cy - bh / 2) + padh
+        r[:, 3], r[:, 4] = w * (cx + bw / 2) + padw, h * (cy + bh / 2) + padh
+    return r
 
 
 def mixup(im, labels, im2, labels2):

@@ -17,7 +17,8 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from utils.augment import augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4, random_perspective
+from utils.augment import (augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4, mosaic4_scale_translate,
+                           random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.label_cache import NUM_THREADS, load_or_scan, user_cache_dir
 from utils.labels import img2label_paths, is_writable, list_image_files
@@ -111,6 +112,19 @@ class LoadImagesAndLabels(Dataset):
             raise FileNotFoundError(f"Image not readable: {f}")
         return im, im.shape[:2]
 
+    def resized_shape(self, i):
+        """(h, w) that load_image(i) returns, known from the scan without decoding."""
+        if self.im_hw[i] is not None:
+            return self.im_hw[i]
+        w0, h0 = self.shapes[i]
+        r = self.img_size / max(h0, w0)
+        return round(h0 * r), round(w0 * r)
+
+    def _tile(self, i, hw):
+        """load_image(i) at exactly the (h, w) the mosaic planned (guards EXIF disagreements)."""
+        im = self.load_image(i)[0]
+        return im if im.shape[:2] == tuple(hw) else cv2.resize(im, (hw[1], hw[0]))
+
     def load_image(self, i):
         """(image resized so its long side is img_size, (h0, w0) original, (h, w) resized)."""
         if self.ims[i] is not None:
@@ -167,9 +181,14 @@ class LoadImagesAndLabels(Dataset):
         center = [int(random.uniform(-x, 2 * s + x)) for x in self.mosaic_border]
         indices = [index] + random.choices(self.indices, k=3)
         random.shuffle(indices)
-        ims = [self.load_image(i)[0] for i in indices]
-        img4, labels4 = mosaic4(ims, [self.labels[i] for i in indices], s, center)
+        labels = [self.labels[i] for i in indices]
         h = self.hyp
+        if not (h["degrees"] or h["shear"] or h["perspective"]):  # every shipped hyp: the fast, exact path
+            shapes = [self.resized_shape(i) for i in indices]
+            return mosaic4_scale_translate(lambda k: self._tile(indices[k], shapes[k]), shapes, labels, s,
+                                           center, scale=h["scale"], translate=h["translate"])
+        ims = [self.load_image(i)[0] for i in indices]
+        img4, labels4 = mosaic4(ims, labels, s, center)
         return random_perspective(img4, labels4, degrees=h["degrees"], translate=h["translate"],
                                   scale=h["scale"], shear=h["shear"], perspective=h["perspective"],
                                   border=self.mosaic_border)

@@ -58,7 +58,12 @@ def collate_fn(batch):
     ims, labels, paths, shapes = zip(*batch)
     for i, lb in enumerate(labels):
         lb[:, 0] = i
-    return torch.stack(ims, 0), torch.cat(labels, 0), paths, shapes
+    out = None
+    if torch.utils.data.get_worker_info() is not None:  # in a worker: stack straight into shared memory,
+        nbytes = sum(x.numel() for x in ims) * ims[0].element_size()  # saving a copy when it is sent
+        out = ims[0].new(ims[0].untyped_storage()._new_shared(nbytes)).view(-1)
+        out = out.view(len(ims), *ims[0].shape)
+    return torch.stack(ims, 0, out=out), torch.cat(labels, 0), paths, shapes
 
 
 @contextmanager
