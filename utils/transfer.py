@@ -1,11 +1,12 @@
 """Pretrained transfer that survives inserted layers.
 
 YOLOv5 keys are `model.<index>.…`, so inserting one block shifts every later index and a name+shape
-intersection silently drops (or, worse, misplaces) pretrained tensors. Here each layer gets a signature
-(module type, parameter names and shapes); the checkpoint's layer list is aligned to the new model's
-with difflib's SequenceMatcher (a longest-matching-blocks alignment, so order is kept and inserted or
-removed layers are skipped). Layers that line up with the same type but other shapes (a Detect head for
-another nc, another width) are paired too, and their tensors transfer where name and shape agree.
+intersection silently drops (or, worse, misplaces) pretrained tensors. Here each layer gets a signature:
+its yaml row as written (module, repeats, args; width-free) plus its parameter names and shapes. The
+checkpoint's layer list is aligned to the new model's with difflib's SequenceMatcher (longest matching
+blocks, so order is kept and inserted or removed layers are skipped). Layers of the same module type left
+between matched blocks (a Detect head for another nc, another scale) are paired by type, and their tensors
+transfer where name and shape agree. Without a checkpoint yaml the alignment falls back to shapes alone.
 """
 from __future__ import annotations
 
@@ -56,31 +57,32 @@ def _group_by_layer(sd: dict) -> dict[int, dict[str, torch.Tensor]]:
     return layers
 
 
-def _yaml_types(yaml: dict | None) -> list[str] | None:
+def _yaml_rows(yaml: dict | None) -> list[tuple] | None:
+    """Per layer (module, repeats, args as written): width-free, so the same rows describe every scale."""
     if not yaml:
         return None
-    return [str(row[2]) for row in list(yaml.get("backbone", [])) + list(yaml.get("head", []))]
+    return [(str(r[2]), r[1], repr(r[3])) for r in list(yaml.get("backbone", [])) + list(yaml.get("head", []))]
 
 
-def layer_signatures(sd: dict, types: list[str] | None, n_layers: int | None = None) -> list[tuple]:
-    """One (type, ((param name, shape), ...)) per layer index; type is None when no yaml is known."""
+def layer_signatures(sd: dict, rows: list[tuple] | None, n_layers: int | None = None) -> list[tuple]:
+    """One (row, ((param name, shape), ...)) per layer index; row is None when no yaml is known."""
     layers = _group_by_layer(sd)
-    n = n_layers if n_layers is not None else (len(types) if types else max(layers, default=-1) + 1)
-    return [((types[i] if types and i < len(types) else None),
+    n = n_layers if n_layers is not None else (len(rows) if rows else max(layers, default=-1) + 1)
+    return [((rows[i] if rows and i < len(rows) else None),
              tuple((k, tuple(v.shape)) for k, v in layers.get(i, {}).items())) for i in range(n)]
 
 
 def align_layers(old: list[tuple], new: list[tuple]) -> dict[int, int]:
     """Map old layer index -> new layer index, keeping order: exact signature matches first,
-    then same-type layers inside the gaps between them."""
+    then layers of the same module type inside the gaps between them (other nc, other scale)."""
     mapping: dict[int, int] = {}
     sm = difflib.SequenceMatcher(None, old, new, autojunk=False)
     for tag, i1, i2, j1, j2 in sm.get_opcodes():
         if tag == "equal":
             mapping.update({i1 + k: j1 + k for k in range(i2 - i1)})
         elif tag == "replace":  # same-type layers with other shapes (nc, width): align by type alone
-            types_old = [s[0] for s in old[i1:i2]]
-            types_new = [s[0] for s in new[j1:j2]]
+            types_old = [s[0][0] if s[0] else None for s in old[i1:i2]]
+            types_new = [s[0][0] if s[0] else None for s in new[j1:j2]]
             inner = difflib.SequenceMatcher(None, types_old, types_new, autojunk=False)
             for a, b, size in inner.get_matching_blocks():
                 mapping.update({i1 + a + k: j1 + b + k for k in range(size)})
@@ -92,12 +94,11 @@ def transfer_weights(model: nn.Module, ckpt_state_dict: dict, ckpt_yaml: dict | 
     """Copy checkpoint tensors into `model` by aligned layers; return (and log) the report."""
     model = de_parallel(model)
     own = model.state_dict()
-    new_types = [getattr(m, "type", None) for m in model.model]
-    old_types = _yaml_types(ckpt_yaml)
-    if old_types is None:  # no checkpoint yaml: compare by shapes only on both sides
-        new_types = None
-    old_sig = layer_signatures(ckpt_state_dict, old_types)
-    new_sig = layer_signatures(own, new_types, n_layers=len(model.model))
+    old_rows, new_rows = _yaml_rows(ckpt_yaml), _yaml_rows(getattr(model, "yaml", None))
+    if old_rows is None or new_rows is None or len(new_rows) != len(model.model):
+        old_rows = new_rows = None  # no usable yaml: align on parameter shapes alone
+    old_sig = layer_signatures(ckpt_state_dict, old_rows)
+    new_sig = layer_signatures(own, new_rows, n_layers=len(model.model))
     layer_map = align_layers(old_sig, new_sig)
 
     placed: dict[str, torch.Tensor] = {}
