@@ -1,0 +1,76 @@
+"""results.csv (YOLOv5's columns and fixed-width format) and results.png (its 2x5 grid of curves)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+RESULT_KEYS = [
+    "train/box_loss", "train/obj_loss", "train/cls_loss",  # training losses
+    "metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
+    "val/box_loss", "val/obj_loss", "val/cls_loss",  # validation losses
+    "x/lr0", "x/lr1", "x/lr2",  # learning rate per parameter group
+]
+# Panel order of results.png: top row train losses + P + R, bottom row val losses + mAPs (as v6.1).
+PLOT_ORDER = [1, 2, 3, 4, 5, 8, 9, 10, 6, 7]
+
+
+def csv_header(keys=RESULT_KEYS) -> str:
+    cols = ["epoch", *keys]
+    return ("%20s," * len(cols) % tuple(cols)).rstrip(",") + "\n"
+
+
+def csv_row(epoch: int, values) -> str:
+    vals = [epoch, *[float(v) for v in values]]
+    return ("%20.5g," * len(vals) % tuple(vals)).rstrip(",") + "\n"
+
+
+def append_results(path: Path | str, epoch: int, values, keys=RESULT_KEYS) -> None:
+    """Append one epoch's row; writes the header first when the file is new."""
+    if len(values) != len(keys):
+        raise ValueError(f"results row has {len(values)} values but {len(keys)} columns")
+    path = Path(path)
+    head = "" if path.exists() else csv_header(keys)
+    with open(path, "a") as f:
+        f.write(head + csv_row(epoch, values))
+
+
+def read_results(path: Path | str) -> tuple[list[str], np.ndarray]:
+    """(column names, (epochs, columns) float array) from a results.csv."""
+    with open(path) as f:
+        rows = [[c.strip() for c in r] for r in csv.reader(f) if r]
+    if not rows:
+        raise ValueError(f"{path}: empty results file")
+    data = np.array([[float(x) for x in r] for r in rows[1:]], dtype=np.float64).reshape(-1, len(rows[0]))
+    return rows[0], data
+
+
+def _smooth(y: np.ndarray, n: int = 3) -> np.ndarray:
+    """Centred moving average (edges padded) so the trend shows through noisy epochs."""
+    if len(y) < n:
+        return y
+    padded = np.pad(y, n // 2, mode="edge")
+    return np.convolve(padded, np.ones(n) / n, mode="valid")
+
+
+def plot_results(file: Path | str = "results.csv", save_path: Path | str | None = None) -> Path:
+    """Draw results.png next to results.csv: 10 panels, points plus a smoothed line each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    file = Path(file)
+    names, data = read_results(file)
+    fig, axes = plt.subplots(2, 5, figsize=(12, 6), tight_layout=True)
+    x = data[:, 0]
+    for ax, col in zip(axes.ravel(), PLOT_ORDER):
+        y = data[:, col]
+        ax.plot(x, y, marker=".", label=file.parent.name or "results", linewidth=2, markersize=8)
+        ax.plot(x, _smooth(y), ":", label="smooth", linewidth=2)
+        ax.set_title(names[col], fontsize=12)
+    axes.ravel()[1].legend()
+    out = Path(save_path) if save_path else file.with_suffix(".png")
+    fig.savefig(out, dpi=200)
+    plt.close(fig)
+    return out
