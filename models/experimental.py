@@ -9,6 +9,7 @@ import torch.nn as nn
 from models.yolo import Detect, Model
 from utils.checkpoint import load_checkpoint, model_from_checkpoint
 from utils.log import LOGGER
+from utils.torch_utils import select_device
 
 
 class Ensemble(nn.ModuleList):
@@ -31,11 +32,12 @@ def _load_one(w: str | Path, device, inplace: bool, fuse: bool) -> Model:
     model.inplace = inplace
     if fuse:
         model.fuse()
-    return model.to(device) if device is not None else model
+    return model.to(select_device(device)) if device is not None else model
 
 
 def attempt_load(weights, device=None, inplace: bool = True, fuse: bool = True):
-    """Load one checkpoint (ours or official YOLOv5) or several as an Ensemble; eval, fp32, fused, on `device`.
+    """Load one checkpoint (ours or official YOLOv5) or several as an Ensemble; eval, fp32, fused, on `device`
+    (a torch.device, 'cpu', '0', 'cuda:0'; None keeps the CPU).
 
     A missing file raises FileNotFoundError naming it (nothing is downloaded).
     """

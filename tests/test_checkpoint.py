@@ -174,3 +174,16 @@ def test_ensemble_concatenates(tmp_path, x320):
     y1, y2 = _out(m1, x320), _out(m2, x320)
     assert ye.shape == (1, y1.shape[1] * 2, 7)
     assert torch.allclose(ye, torch.cat((y1, y2), 1), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_map_location_and_device(tmp_path, x320):
+    model = Model(TINY)
+    f = save_checkpoint(make_checkpoint(model, half=False), tmp_path / "tiny.pt")
+    ckpt = load_checkpoint(f, map_location="cuda:0")
+    assert ckpt["state_dict"]["model.0.conv.weight"].is_cuda
+    loaded = attempt_load(f, device="0", fuse=False)
+    assert next(loaded.parameters()).is_cuda
+    with torch.no_grad():
+        y = loaded(x320.cuda())[0].cpu()
+    assert torch.allclose(y, _out(model, x320), atol=1e-3, rtol=1e-3)

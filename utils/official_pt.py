@@ -237,7 +237,8 @@ def unpickle_archive(path: str | Path) -> object:
             raise UnsafeCheckpointError(f"{path}: {e}") from None
         except CheckpointError:
             raise
-        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError) as e:
+        except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, IndexError,
+                AttributeError, OverflowError, RuntimeError, MemoryError) as e:  # what damaged bytes can raise
             raise CheckpointError(f"{path}: corrupt checkpoint pickle: {type(e).__name__}: {e}") from None
 
 
