@@ -230,6 +230,36 @@ def test_psa_p_official_gate_numerics_and_paper_gate_range():
     assert paper_gate.max() - paper_gate.min() > official_gate.max() - official_gate.min()
 
 
+def _official_ema(m, x):
+    """EMA as the official code computes it (adaptive pools, nn.Softmax), written out for comparison."""
+    b, c, h, w = x.shape
+    g = m.groups
+    gx = x.reshape(b * g, -1, h, w)
+    x_h = F.adaptive_avg_pool2d(gx, (h, 1))
+    x_w = F.adaptive_avg_pool2d(gx, (1, w)).permute(0, 1, 3, 2)
+    hw = m.conv1x1(torch.cat([x_h, x_w], dim=2))
+    x_h, x_w = torch.split(hw, [h, w], dim=2)
+    x1 = m.gn(gx * x_h.sigmoid() * x_w.permute(0, 1, 3, 2).sigmoid())
+    x2 = m.conv3x3(gx)
+    x11 = F.adaptive_avg_pool2d(x1, 1).reshape(b * g, -1, 1).permute(0, 2, 1).softmax(-1)
+    x21 = F.adaptive_avg_pool2d(x2, 1).reshape(b * g, -1, 1).permute(0, 2, 1).softmax(-1)
+    weights = x11 @ x2.reshape(b * g, c // g, -1) + x21 @ x1.reshape(b * g, c // g, -1)
+    return (gx * weights.reshape(b * g, 1, h, w).sigmoid()).reshape(b, c, h, w)
+
+
+def test_ema_and_cbam_match_official_pooling():
+    torch.manual_seed(0)
+    ema = make("EMA", 32, [None, None, 8]).eval()
+    cbam = make("CBAM", 32).eval()
+    for h, w in ((1, 1), (5, 7)):
+        x = torch.randn(2, 32, h, w)
+        with torch.no_grad():
+            assert torch.allclose(ema(x), _official_ema(ema, x), rtol=1e-5, atol=1e-6)
+            gate = cbam.ChannelGate
+            raw = gate.mlp(F.avg_pool2d(x, (h, w), stride=(h, w))) + gate.mlp(F.max_pool2d(x, (h, w), stride=(h, w)))
+            assert torch.allclose(gate(x), x * torch.sigmoid(raw)[:, :, None, None], rtol=1e-5, atol=1e-6)
+
+
 def test_sea_attention_default_activation_and_yaml_strings():
     from models.common import Sea_Attention
     m = Sea_Attention(32, 16, 2)  # the official default activation=None crashes; here it is ReLU6
