@@ -1,11 +1,13 @@
 """ACmix forward+backward: our implementation vs the official-style unfold formulation (CPU).
 
-Usage: python benchmarks/acmix_vs_unfold.py [--batch 2] [--size 80] [--channels 64] [--iters 7]
+Usage: python benchmarks/acmix_vs_unfold.py [--batch 2] [--size 80] [--channels 64] [--iters 7] [--threads 1]
 
 Each variant runs in a fresh subprocess. Peak memory = the process's peak RSS (ru_maxrss) during the
 first forward+backward minus its RSS just before it (module, input and output gradient already
 allocated), so it counts every tensor the pass allocates, autograd's saved tensors included.
-Latency = median of `iters` timed forward+backward passes after that first one.
+Latency = median of `iters` timed forward+backward passes after that first one. The default of one
+thread keeps timings meaningful on a shared machine (two busy OpenMP threads on two shared cores can
+stall by orders of magnitude).
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ def _rss_kib() -> int:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
-def run_variant(variant: str, batch: int, size: int, channels: int, iters: int) -> dict:
+def run_variant(variant: str, batch: int, size: int, channels: int, iters: int, threads: int) -> dict:
     import torch
+    torch.set_num_threads(threads)
     sys.path.insert(0, str(ROOT))
     from benchmarks.reference.acmix import RefACmix
     from models.attention.acmix import ACmix
@@ -61,15 +64,17 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=80)
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--iters", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variant", choices=["ours", "unfold"], help="internal: run one variant in this process")
     opt = p.parse_args(argv)
     if opt.variant:
-        print(json.dumps(run_variant(opt.variant, opt.batch, opt.size, opt.channels, opt.iters)))
+        print(json.dumps(run_variant(opt.variant, opt.batch, opt.size, opt.channels, opt.iters, opt.threads)))
         return
     results = {}
     for variant in ("unfold", "ours"):
         cmd = [sys.executable, __file__, "--variant", variant, "--batch", str(opt.batch), "--size", str(opt.size),
-               "--channels", str(opt.channels), "--iters", str(opt.iters)]
+               "--channels", str(opt.channels), "--iters", str(opt.iters),
+               "--threads", str(opt.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         results[variant] = json.loads(out.strip().splitlines()[-1])
     for r in results.values():

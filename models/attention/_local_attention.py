@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def reflect_index(n: int, pad: int, device=None) -> torch.Tensor:
@@ -134,6 +135,10 @@ def _scatter(weights: torch.Tensor, x: torch.Tensor, g: WindowGeometry, like: to
     return grad
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class LocalAttention(torch.autograd.Function):
     """softmax_n(q . k_n) weighted sum of v_n over the k x k window of each output position."""
 
@@ -142,8 +147,8 @@ class LocalAttention(torch.autograd.Function):
         ho, wo, n, d = q.shape
         qb = q.reshape(-1, 1, d)
         logits = _logits(qb, {r: _windows(k, g, r) for r in g.phases()}, g)
-        # softmax in fp32 even for half/bf16 inputs; the weights are stored in the compute dtype
-        attn = logits.reshape(qb.shape[0], -1).softmax(-1, dtype=torch.float32).to(q.dtype)
+        # softmax in fp32 (or wider) even for half/bf16 inputs; the weights are stored in the compute dtype
+        attn = logits.reshape(qb.shape[0], -1).softmax(-1, dtype=_wide(q.dtype)).to(q.dtype)
         attn = attn.view(-1, g.kernel, g.kernel)
         out = _aggregate(attn, {r: _windows(v, g, r) for r in g.phases()}, g)
         ctx.save_for_backward(q, k, v, attn)
@@ -151,6 +156,7 @@ class LocalAttention(torch.autograd.Function):
         return out.view(ho, wo, n, d)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, attn = ctx.saved_tensors
         g = ctx.geometry
@@ -158,8 +164,8 @@ class LocalAttention(torch.autograd.Function):
         gb = grad_out.contiguous().view(-1, 1, d).to(q.dtype)
         grad_attn = _logits(gb, {r: _windows(v, g, r) for r in g.phases()}, g)  # dL/da_n = grad . v_n
         grad_v = _scatter(attn, gb, g, v)
-        a32 = attn.float()
-        grad_logits = a32 * (grad_attn.float() - (a32 * grad_attn.float()).sum((1, 2), keepdim=True))
+        a32, ga32 = attn.to(_wide(q.dtype)), grad_attn.to(_wide(q.dtype))
+        grad_logits = a32 * (ga32 - (a32 * ga32).sum((1, 2), keepdim=True))
         grad_logits = grad_logits.to(q.dtype)
         qb = q.reshape(-1, 1, d)
         grad_q = _aggregate(grad_logits, {r: _windows(k, g, r) for r in g.phases()}, g).view(q.shape)
