@@ -1,0 +1,125 @@
+"""train.run end to end at tiny sizes: artifacts, stripped checkpoints, resume equivalence, transfer, freeze, NaN guard."""
+import csv
+
+import pytest
+import torch
+
+import train
+from utils.callbacks import Callbacks
+from utils.checkpoint import load_checkpoint
+from utils.shapes import NAMES, generate_shapes
+
+TINY = dict(imgsz=64, batch_size=4, workers=0, cfg="yolov5n.yaml", noautoanchor=True, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CI machine has 2 shared cores; a single intra-op thread avoids oversubscription stalls."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = generate_shapes(tmp_path_factory.mktemp("data") / "shapes", n_train=8, n_val=4, imgsz=64, seed=1)
+    return {"path": str(root), "train": "images/train", "val": "images/val", "names": NAMES}
+
+
+def rows(csv_path):
+    with open(csv_path) as f:
+        return [[c.strip() for c in r] for r in csv.reader(f)]
+
+
+def test_default_run_smoke_artifacts_and_stripped_weights(tiny_data, tmp_path):
+    opts = {**TINY, "cfg": None}  # the embedded default model
+    results = train.run(data=tiny_data, epochs=1, project=str(tmp_path), name="exp", **opts)
+    assert len(results) == 7 and all(isinstance(x, float) for x in results)
+    d = tmp_path / "exp"
+    for f in ("results.csv", "results.png", "hyp.yaml", "opt.yaml", "labels.jpg", "train_batch0.jpg",
+              "weights/last.pt", "weights/best.pt"):
+        assert (d / f).is_file(), f
+    assert list(d.glob("events.out.tfevents.*"))
+    table = rows(d / "results.csv")
+    assert table[0][:2] == ["epoch", "train/box_loss"] and table[0][-1] == "x/lr2" and len(table) == 2
+    first_line = (d / "results.csv").read_text().splitlines()[0]
+    assert first_line.startswith(" " * 15 + "epoch,")  # '%20s,' fields
+    ck = load_checkpoint(d / "weights" / "best.pt")
+    assert ck["optimizer"] is None and ck["ema"] is None and ck["epoch"] == -1
+    assert all(v.dtype == torch.float16 for v in ck["state_dict"].values() if v.is_floating_point())
+    assert ck["yaml"]["yaml_file"] == train.default_cfg()
+
+
+class CrashAfterFirstSave(RuntimeError):
+    pass
+
+
+def crash_after_epoch0():
+    cb = Callbacks()
+
+    def crash(last, epoch, *args):
+        if epoch == 0:
+            raise CrashAfterFirstSave
+    cb.register_action("on_model_save", crash)
+    return cb
+
+
+def test_resume_gives_identical_weights_and_metrics(tiny_data, tmp_path):
+    common = dict(data=tiny_data, epochs=2, project=str(tmp_path), noplots=True, **TINY)
+    train.run(name="straight", **common)
+    with pytest.raises(CrashAfterFirstSave):
+        train.run(name="crashed", callbacks=crash_after_epoch0(), **common)
+    last = tmp_path / "crashed" / "weights" / "last.pt"
+    mid = load_checkpoint(last)
+    assert mid["epoch"] == 0 and mid["optimizer"] is not None and mid["ema"] is not None
+    train.run(resume=str(last))
+    a = load_checkpoint(tmp_path / "straight" / "weights" / "last.pt")["state_dict"]
+    b = load_checkpoint(last)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = rows(tmp_path / "straight" / "results.csv"), rows(tmp_path / "crashed" / "results.csv")
+    assert len(ra) == len(rb) == 3 and ra == rb
+
+
+def test_resume_of_finished_run_is_refused(tiny_data, tmp_path):
+    train.run(data=tiny_data, epochs=1, project=str(tmp_path), name="done", noplots=True, noval=True, **TINY)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train.run(resume=str(tmp_path / "done" / "weights" / "last.pt"))
+
+
+def test_transfer_from_official_weights(official_weights, caplog):
+    model = train.load_pretrained("yolov5n.yaml", str(official_weights), nc=6, anchors=None, exclude_anchors=True)
+    official = load_checkpoint(official_weights)["state_dict"]
+    own = model.state_dict()
+    same = [k for k in own if k in official and official[k].shape == own[k].shape and "anchor" not in k]
+    assert len(same) == len(own) - 3 * 2 - 1  # all but the 3 Detect convs (nc differs) and the anchors
+    for k in same:
+        torch.testing.assert_close(own[k], official[k].to(own[k].dtype))
+    assert f"Transferred {len(same)}/{len(own)} items" in caplog.text
+
+
+def test_freeze_layers():
+    from models.yolo import Model
+    model = Model("yolov5n.yaml", nc=2)
+    frozen = train.freeze_layers(model, [3])
+    assert frozen and all(k.split(".")[1] in {"0", "1", "2"} for k in frozen)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.split(".")[1] not in {"0", "1", "2"})
+    assert {k.split(".")[1] for k in train.freeze_layers(model, [0, 5])} == {"0", "5"}
+
+
+def test_non_finite_loss_is_skipped_then_stops(tiny_data, tmp_path, monkeypatch, caplog):
+    class NanLoss(train.ComputeLoss):
+        def __call__(self, preds, targets):
+            loss, items = super().__call__(preds, targets)
+            return loss * float("nan"), items
+    monkeypatch.setattr(train, "ComputeLoss", NanLoss)
+    monkeypatch.setattr(train, "MAX_BAD_STEPS", 2)
+    with pytest.raises(FloatingPointError, match="epoch 0 batch 1"):
+        train.run(data=tiny_data, epochs=1, project=str(tmp_path), name="nan", noplots=True, **TINY)
+    assert not (tmp_path / "nan" / "weights" / "last.pt").exists()  # no poisoned weights were saved
+
+
+def test_unknown_option_is_rejected():
+    with pytest.raises(TypeError, match="epochz"):
+        train.run(epochz=3)
