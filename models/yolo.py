@@ -169,18 +169,28 @@ class Model(nn.Module):
         if not isinstance(m, Detect):
             self.stride = torch.tensor([32.0])
             return
-        s = 256  # probe size, as v6.1; any size works since every block is size-free
+        s = self._probe_size()
         m.inplace = self.inplace
+        buffers = {k: v.clone() for k, v in self.named_buffers()}  # the probe must not move BN statistics
         with torch.no_grad():
             was_training = self.training
             self.train()  # Detect returns raw maps in training mode
             outs = self._forward_once(torch.zeros(1, ch, s, s), probe=True)
             self.train(was_training)
+        self.load_state_dict(buffers, strict=False)
         m.stride = torch.tensor([s / x.shape[-2] for x in outs])
         m.anchors /= m.stride.view(-1, 1, 1)
         check_anchor_order(m)
         self.stride = m.stride
         self._initialize_biases()
+
+    def _probe_size(self) -> int:
+        """Smallest square input whose deepest map still meets every block's declared min_size.
+
+        v6.1 probes at 256 px; strides do not depend on the size, and 64 px (P5 = 2x2) is 16x cheaper.
+        """
+        need = max((REGISTRY[m.type].min_size for m in self.model if m.type in REGISTRY), default=1)
+        return max(64, 32 * need)
 
     def _init_weights(self) -> None:
         for layer in self.model:
