@@ -149,3 +149,35 @@ def test_every_yaml_builds_and_trains_a_step_at_every_scale(yaml_name, scale):
         sum((o * o).mean() for o in outs).backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), f"{cfg}: missing/non-finite grads"
+
+
+def _rows(name):
+    import yaml
+    d = yaml.safe_load((Path(__file__).resolve().parents[1] / "models" / name).read_text())
+    return d["backbone"] + d["head"]
+
+
+@pytest.mark.parametrize("yaml_name,inserted,detect", [
+    ("yolov5_TripletAttention.yaml", [3], [18, 21, 24]),
+    ("yolov5_ACmix.yaml", [18, 22, 26], [18, 22, 26]),
+    ("yolov5_ACmix-P5.yaml", [24], [17, 20, 24]),
+])
+def test_insertion_yamls_are_yolov5s_with_indices_shifted(yaml_name, inserted, detect):
+    """Same rows as yolov5s.yaml plus the inserted blocks; every `from` points at the same layer as before
+    (or at the block inserted right after it), so Concat and Detect indices are shifted correctly."""
+    base, rows = _rows("yolov5s.yaml"), _rows(yaml_name)
+    assert [i for i, r in enumerate(rows) if r[2] in ATTENTION] == inserted
+    assert all(rows[i][:2] == [-1, 1] for i in inserted)
+    kept = [i for i in range(len(rows)) if i not in inserted]
+    assert [rows[i][1:] for i in kept] == [r[1:] for r in base]
+    new_of = dict(enumerate(kept))  # old layer index -> its new index
+    # a consumer of old layer j now reads the block inserted right after j, if any
+    reads = {j: (new_of[j] + 1 if new_of[j] + 1 in inserted else new_of[j]) for j in new_of}
+    for old_i, new_i in new_of.items():
+        old_from, new_from = base[old_i][0], rows[new_i][0]
+        old_from = [old_from] if isinstance(old_from, int) else old_from
+        new_from = [new_from] if isinstance(new_from, int) else new_from
+        want = [reads[old_i - 1] if f == -1 else reads[f] for f in old_from] if old_i else [-1]
+        got = [new_i - 1 if f == -1 else f for f in new_from] if new_i else [-1]
+        assert got == want, f"{yaml_name} layer {new_i}: from {rows[new_i][0]} should read layers {want}"
+    assert rows[-1][0] == detect
