@@ -187,7 +187,11 @@ def build(name, c1, args=()):
 
 @pytest.mark.parametrize("name", ["CascadedGroupAttention", "LocalWindowAttention"])
 def test_yaml_rule_every_width(name):
-    for c1 in range(16, 1281, 8):
+    spec = REGISTRY[name]
+    for c1 in range(16, 1281, 8):  # the rule at every width; modules for a few
+        kw = spec.build(LayerContext(10, "row", [c1], [], 1, 1.0, 1.0, 80, None, "s")).kwargs
+        assert kw["attn_ratio"] * kw["key_dim"] * kw["num_heads"] == c1
+    for c1 in (16, 72, 1280):
         m = build(name, c1)
         m = m.attn if name == "LocalWindowAttention" else m
         assert m.d * m.num_heads == c1

@@ -1,0 +1,189 @@
+"""DAT DAttentionBaseline: official keys and numbers, and each fix of spec section 6."""
+import copy
+import io
+
+import pytest
+import torch
+
+from benchmarks.reference.dat import RefDAttentionBaseline
+from models.attention.dat import DAttentionBaseline, axis_coords
+from models.registry import REGISTRY, LayerContext, ModelConfigError
+from utils.flops import count_flops
+
+# Spec section 1 reference config: nc 64 = 4 heads x 16, 2 groups, stride 2, ksize 3.
+SPEC = dict(q_size=(20, 20), kv_size=(20, 20), n_heads=4, n_head_channels=16, n_groups=2, attn_drop=0.0,
+            proj_drop=0.0, stride=2, offset_range_factor=2, use_pe=True, dwc_pe=False, no_off=False,
+            fixed_pe=False, ksize=3, log_cpb=False)
+
+
+def randomize(m: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return m
+
+
+def pair(seed=0, **changes):
+    cfg = {**SPEC, **changes}
+    ours = randomize(DAttentionBaseline(**cfg, return_tuple=True), seed).eval()
+    ref = RefDAttentionBaseline(**cfg)
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    return ours, ref.eval()
+
+
+def assert_close(a, b, rel=1e-5):
+    assert (a - b).abs().max() <= rel * b.abs().max() + 1e-7, (a - b).abs().max()
+
+
+def test_state_dict_matches_spec():
+    m = DAttentionBaseline(**SPEC)
+    sd = m.state_dict()
+    assert len(sd) == 14 and not list(m.buffers())
+    assert sd["rpe_table"].shape == (4, 39, 39)
+    assert sd["conv_offset.0.weight"].shape == (32, 1, 3, 3) and sd["conv_offset.0.bias"].shape == (32,)
+    assert sd["conv_offset.1.norm.weight"].shape == (32,) and sd["conv_offset.3.weight"].shape == (2, 32, 1, 1)
+    assert sd["proj_out.weight"].shape == (64, 64, 1, 1) and sd["proj_q.bias"].shape == (64,)
+    assert sum(p.numel() for p in m.parameters()) == 23172
+
+
+@pytest.mark.parametrize("changes,sizes", [
+    ({}, [(20, 20), (21, 21), (13, 17), (16, 20), (7, 7), (3, 4)]),
+    ({"offset_range_factor": -1}, [(20, 20), (13, 17)]),
+    ({"dwc_pe": True}, [(13, 17)]),
+    ({"log_cpb": True}, [(13, 17)]),
+    ({"fixed_pe": True}, [(20, 20)]),
+    ({"stride": 1, "ksize": 5}, [(13, 17)]),
+    ({"n_groups": 4}, [(16, 20)]),
+])
+def test_equals_official(changes, sizes):
+    ours, ref = pair(**changes)
+    for hw in sizes:
+        x = torch.randn(2, 64, *hw)
+        for a, b in zip(ours(x), ref(x)):
+            assert_close(a, b)
+
+
+def test_yolo_path_returns_tensor():
+    m = DAttentionBaseline(**SPEC)
+    assert isinstance(m(torch.randn(1, 64, 8, 8)), torch.Tensor)
+    spec = REGISTRY["DAttentionBaseline"]
+    built = spec.build(LayerContext(10, "row", [64], [], 1, 1.0, 1.0, 80, None, "s"))
+    assert built.kwargs["return_tuple"] is False
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (1, 5), (2, 7), (6, 1)])
+def test_tiny_maps(hw):
+    ours, ref = pair()
+    x = torch.randn(2, 64, *hw)
+    y, pos, refpts = ours(x)
+    assert y.shape == x.shape and torch.isfinite(y).all() and torch.isfinite(pos).all()
+    assert (refpts[..., 0, :, 0] == 0).all() if refpts.shape[2] == 1 else True
+    with pytest.raises(ZeroDivisionError):  # the official code divides by Hk - 1 = 0
+        ref(x)
+
+
+def test_attn_drop_trains():
+    ours, ref = pair(attn_drop=0.5)
+    ours.train(), ref.train()
+    x = torch.randn(2, 64, 9, 9)
+    y1 = ours(x)[0]
+    y1.square().mean().backward()
+    assert all(p.grad is not None for p in ours.parameters())
+    assert (ours(x)[0] - y1).abs().max() > 0  # dropout is active
+    with pytest.raises(RuntimeError, match="inplace"):
+        ref(x)[0].square().mean().backward()
+
+
+def test_low_precision():
+    m = randomize(DAttentionBaseline(**SPEC)).eval()
+    x = torch.randn(2, 64, 13, 17)
+    y = m(x)
+    for dtype, tol in [(torch.float16, 5e-3), (torch.bfloat16, 2e-2)]:
+        low = copy.deepcopy(m).to(dtype)
+        out = low(x.to(dtype))
+        assert out.dtype == dtype and (out.float() - y).norm() <= tol * y.norm()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(m(x).float()).all()
+    ref = RefDAttentionBaseline(**SPEC)
+    ref.load_state_dict(m.state_dict())
+    with pytest.raises(RuntimeError):  # official: fp32 offset range promotes the grid
+        ref.eval().to(torch.bfloat16)(x.to(torch.bfloat16))
+
+
+def test_ref_align_centered():
+    assert axis_coords(10, torch.float32, None, "official")[-1] > 1  # half a cell outside the map
+    official = DAttentionBaseline(**SPEC, return_tuple=True).eval()
+    centered = copy.deepcopy(official)
+    centered.ref_align = "centered"
+    x = torch.randn(1, 64, 20, 20)
+    ref = centered(x)[2]
+    assert ref[0, 0, 0, 0].tolist() == [-1.0, -1.0] and ref[0, 0, -1, -1].tolist() == [1.0, 1.0]
+    assert (official(x)[0] - centered(x)[0]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="ref_align"):
+        DAttentionBaseline(**SPEC, ref_align="middle")
+
+
+def test_fixed_pe_only_at_q_size():
+    m = DAttentionBaseline(**{**SPEC, "fixed_pe": True})
+    assert m(torch.randn(1, 64, 20, 20)).shape == (1, 64, 20, 20)
+    with pytest.raises(ValueError, match="fixed_pe"):
+        m(torch.randn(1, 64, 16, 16))
+
+
+def test_no_off_any_size():
+    m = DAttentionBaseline(**{**SPEC, "no_off": True}).train()
+    x = torch.randn(2, 64, 9, 7)
+    m(x).mean().backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_onnx_dynamic_export_is_correct():
+    ort = pytest.importorskip("onnxruntime")
+    m = randomize(DAttentionBaseline(**SPEC)).eval()
+    f = io.BytesIO()
+    torch.onnx.export(m, (torch.randn(1, 64, 12, 10),), f, opset_version=17, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {2: "h", 3: "w"}})
+    sess = ort.InferenceSession(f.getvalue())
+    for hw in [(12, 10), (9, 15)]:
+        x = torch.randn(1, 64, *hw)
+        assert_close(torch.from_numpy(sess.run(None, {"x": x.numpy()})[0]), m(x), rel=1e-4)
+
+
+@pytest.mark.parametrize("changes", [{}, {"dwc_pe": True}, {"log_cpb": True}, {"fixed_pe": True},
+                                     {"no_off": True}, {"stride": 1, "ksize": 5}])
+def test_flops_formula_matches_counter(changes):
+    m = DAttentionBaseline(**{**SPEC, **changes})
+    shape = (2, 64, 20, 20)
+    assert REGISTRY["DAttentionBaseline"].flops(m, shape) == count_flops(m, torch.randn(shape))
+    if not changes:  # spec section 1: FlopCounterMode 37,145,600 plus 2,662,400 for the grid_sample taps
+        assert REGISTRY["DAttentionBaseline"].flops(m, shape) == 37145600 + 2662400
+
+
+def build(c1, args=()):
+    spec = REGISTRY["DAttentionBaseline"]
+    built = spec.build(LayerContext(10, "row", [c1], list(args), 1, 1.0, 1.0, 80, None, "s"))
+    return spec.cls(*built.args, **built.kwargs)
+
+
+def test_yaml_rule_every_width():
+    spec = REGISTRY["DAttentionBaseline"]
+    for c1 in range(16, 1281, 8):  # the rule at every width; modules for a few
+        kw = spec.build(LayerContext(10, "row", [c1], [], 1, 1.0, 1.0, 80, None, "s")).kwargs
+        assert kw["n_heads"] * kw["n_head_channels"] == c1 and kw["n_heads"] % kw["n_groups"] == 0
+    for c1 in (16, 72, 1280):
+        assert build(c1).nc == c1
+    assert build(64, [None, None, 4]).n_groups == 4
+    with pytest.raises(ModelConfigError, match="n_heads=6"):
+        build(64, [None, None, 6])
+    with pytest.raises(ModelConfigError, match="n_head_channels"):
+        build(64, [None, None, 8, 16])
+
+
+def test_model_dat_yaml_trains():
+    from models.yolo import Model
+    model = Model("yolov5n_DAT.yaml")
+    assert isinstance(model.model[10], DAttentionBaseline) and model.model[10].nc == 256
+    out = model(torch.randn(2, 3, 96, 64))
+    sum(o.mean() for o in out).backward()
+    assert all(p.grad is not None for p in model.model[10].parameters())
