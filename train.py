@@ -45,7 +45,7 @@ from utils.image_weights import labels_to_class_weights, labels_to_image_weights
 from utils.log import LOGGER, colorstr  # noqa: E402
 from utils.loss import ComputeLoss, scale_hyp_gains  # noqa: E402
 from utils.metrics import fitness  # noqa: E402
-from utils.optim import (accumulate_steps, apply_warmup, build_optimizer, build_scheduler,  # noqa: E402
+from utils.optim import (NOMINAL_BATCH, accumulate_steps, apply_warmup, build_optimizer, build_scheduler,  # noqa: E402
                          scaled_weight_decay, warmup_iters)
 from utils.run_dirs import increment_path, latest_run  # noqa: E402
 from utils.torch_utils import de_parallel, select_device  # noqa: E402
@@ -56,6 +56,8 @@ WORLD_SIZE = int(os.getenv("WORLD_SIZE", 1))
 # The embedded demo (`python train.py`): sized to finish in a few minutes on 2 CPU cores.
 DEMO_CFG, DEMO_CFG_FALLBACK = "yolov5n_TripletAttention.yaml", "yolov5n.yaml"
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
+DEMO_DATA = ROOT / "data" / "shapes.yaml"
+DEMO_HYP = ROOT / "data" / "hyps" / "hyp.shapes-demo.yaml"  # used when --hyp is not given and --data is the demo set
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
 
 
@@ -71,8 +73,9 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train YOLOv5 with attention blocks")
     p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
     p.add_argument("--cfg", type=str, default=None, help=f"model yaml (default {DEMO_CFG})")
-    p.add_argument("--data", type=str, default=str(ROOT / "data" / "shapes.yaml"), help="dataset yaml")
-    p.add_argument("--hyp", type=str, default=str(DEFAULT_HYP), help="hyperparameters yaml")
+    p.add_argument("--data", type=str, default=str(DEMO_DATA), help="dataset yaml")
+    p.add_argument("--hyp", type=str, default=None,
+                   help=f"hyperparameters yaml (default {DEFAULT_HYP.name}; {DEMO_HYP.name} for the demo data)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=160, help="train, val image size (pixels)")
@@ -265,10 +268,15 @@ def build_data(run: Run) -> None:
 
 
 # ----------------------------------------------------------------------------------------- phase 4: optimizer
+def nominal_batch(hyp: dict) -> int:
+    """Batch size gradients are accumulated to: 64 as v6.1 unless the hyp file sets 'nbs'."""
+    return int(hyp.get("nbs", NOMINAL_BATCH))
+
+
 def build_optimization(run: Run) -> None:
     """Parameter groups, LR schedule, EMA, resume state, DDP wrapping, AMP scaler, loss."""
     opt, hyp = run.opt, run.hyp
-    hyp["weight_decay"] = scaled_weight_decay(hyp["weight_decay"], opt.batch_size)
+    hyp["weight_decay"] = scaled_weight_decay(hyp["weight_decay"], opt.batch_size, nominal_batch(hyp))
     LOGGER.info(f"Scaled weight_decay = {hyp['weight_decay']}")
     run.optimizer = build_optimizer(run.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     run.scheduler, run.lf = build_scheduler(run.optimizer, opt.epochs, hyp["lrf"], opt.cos_lr)
@@ -363,14 +371,16 @@ def train_one_epoch(run: Run, epoch: int, nb: int, nw: int) -> tuple[torch.Tenso
         resample_images(run, epoch)
     mloss, n_ok, bad_in_row, pending = torch.zeros(3, device=run.device), 0, 0, False
     last_opt_step = nb * epoch - 1  # the previous epoch ended with a step (see the flush below)
-    accumulate = accumulate_steps(opt.batch_size)
+    nbs = nominal_batch(run.hyp)
+    accumulate = accumulate_steps(opt.batch_size, nbs)
     pbar = progress(run, nb) if run.main else None
+    run.callbacks.run("on_train_epoch_start", epoch)
     run.optimizer.zero_grad()
     for i, (imgs, targets, paths, _) in enumerate(run.train_loader):
         ni = i + nb * epoch  # integrated batches since the start of training
         imgs = imgs.to(run.device, non_blocking=True).float() / 255
-        if ni <= nw:
-            accumulate = apply_warmup(run.optimizer, ni, nw, epoch, run.lf, run.hyp, opt.batch_size)
+        if nw and ni <= nw:  # warm-up (none when warmup_epochs is 0)
+            accumulate = apply_warmup(run.optimizer, ni, nw, epoch, run.lf, run.hyp, opt.batch_size, nbs)
         if opt.multi_scale:
             imgs = multi_scale(imgs, opt.imgsz, run.gs)
         with autocast(run):
@@ -399,6 +409,7 @@ def train_one_epoch(run: Run, epoch: int, nb: int, nw: int) -> tuple[torch.Tenso
         optimizer_step(run)
     if pbar is not None:
         pbar.close()
+    run.callbacks.run("on_train_epoch_end", epoch)
     return mloss.cpu(), [g["lr"] for g in run.optimizer.param_groups]
 
 
@@ -559,6 +570,9 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:
     else:
         if not opt.cfg and not str(opt.weights).endswith(".pt"):
             opt.cfg = default_cfg()
+        if not opt.hyp:
+            demo = isinstance(opt.data, (str, Path)) and Path(opt.data).resolve() == DEMO_DATA
+            opt.hyp = str(DEMO_HYP if demo else DEFAULT_HYP)
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
     device = setup_ddp(opt)
     try:

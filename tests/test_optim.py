@@ -106,6 +106,7 @@ def test_weight_decay_scaling():
     assert scaled_weight_decay(5e-4, 16) == pytest.approx(5e-4)
     assert scaled_weight_decay(5e-4, 128) == pytest.approx(1e-3)
     assert scaled_weight_decay(5e-4, 48) == pytest.approx(5e-4 * 48 / 64)
+    assert accumulate_steps(16, nbs=16) == 1 and scaled_weight_decay(5e-4, 8, nbs=16) == pytest.approx(5e-4)
 
 
 def test_ema_ramp_and_update():

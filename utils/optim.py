@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from utils.log import LOGGER, colorstr
 
-NOMINAL_BATCH = 64  # gradients are accumulated to this batch size
+NOMINAL_BATCH = 64  # gradients are accumulated to this batch size (v6.1's nbs; a hyp 'nbs' key overrides it)
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -40,13 +40,13 @@ def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
     return norm_w, decay_w, biases
 
 
-def accumulate_steps(batch_size: int) -> int:
-    return max(round(NOMINAL_BATCH / batch_size), 1)
+def accumulate_steps(batch_size: int, nbs: int = NOMINAL_BATCH) -> int:
+    return max(round(nbs / batch_size), 1)
 
 
-def scaled_weight_decay(weight_decay: float, batch_size: int) -> float:
+def scaled_weight_decay(weight_decay: float, batch_size: int, nbs: int = NOMINAL_BATCH) -> float:
     """v6.1 rescales decay by batch*accumulate/64 (the effective batch over the nominal one)."""
-    return weight_decay * batch_size * accumulate_steps(batch_size) / NOMINAL_BATCH
+    return weight_decay * batch_size * accumulate_steps(batch_size, nbs) / nbs
 
 
 def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momentum: float = 0.937,
@@ -87,10 +87,11 @@ def warmup_iters(warmup_epochs: float, batches_per_epoch: int) -> int:
     return max(round(warmup_epochs * batches_per_epoch), 100)
 
 
-def apply_warmup(optimizer, ni: int, nw: int, epoch: int, lf, hyp: dict, batch_size: int) -> int:
+def apply_warmup(optimizer, ni: int, nw: int, epoch: int, lf, hyp: dict, batch_size: int,
+                 nbs: int = NOMINAL_BATCH) -> int:
     """Interpolate LR (bias from warmup_bias_lr down, others from 0 up) and momentum; returns accumulate."""
     xi = [0, nw]
-    accumulate = max(1, np.interp(ni, xi, [1, NOMINAL_BATCH / batch_size]).round())
+    accumulate = max(1, np.interp(ni, xi, [1, nbs / batch_size]).round())
     for j, group in enumerate(optimizer.param_groups):
         start = hyp["warmup_bias_lr"] if j == 2 else 0.0
         group["lr"] = np.interp(ni, xi, [start, group["initial_lr"] * lf(epoch)])
