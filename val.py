@@ -208,10 +208,10 @@ def _standalone_setup(data, weights, device, batch_size, half, project, name, ex
         LOGGER.info("--half on CPU: fp16 inference is supported but usually slower than fp32 there")
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    backend = load_backend(weights, device, half=bool(half))
     from utils.dataset_yaml import check_dataset
 
-    data = check_dataset(data)
+    data = check_dataset(data)  # before the model: a wrong path fails fast
+    backend = load_backend(weights, device, half=bool(half))
     if not single_cls and backend.nc != data["nc"]:
         raise ValueError(f"{weights} has {backend.nc} classes but --data {data.get('yaml_file')} has {data['nc']}; "
                          "pass the dataset the model was trained on, or --single-cls")

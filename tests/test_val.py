@@ -1,0 +1,198 @@
+"""val.py: per-threshold matching, smoothed-F1 operating point, run() standalone and from training,
+outputs (txt/json/plots), --save-hybrid giving a perfect score, the official model on coco8."""
+import logging
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import val
+from models.yolo import Model
+from utils.checkpoint import make_checkpoint, save_checkpoint
+from utils.log import LOGGER
+from utils.val_metrics import match_per_threshold, pr_at_smoothed_f1, smooth
+
+IOUV = torch.linspace(0.5, 0.95, 10)
+NAMES = ["box", "disc"]
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def log_lines():
+    h = _Capture()
+    LOGGER.addHandler(h)
+    yield h.lines
+    LOGGER.removeHandler(h)
+
+
+def make_dataset(root, n=6, seed=0):
+    """n images of 96x128 with 1-2 non-overlapping shapes each -> dataset yaml path, number of labels."""
+    rng = np.random.default_rng(seed)
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    n_labels = 0
+    for i in range(n):
+        h, w = (96, 128) if i % 2 else (128, 96)
+        im = np.full((h, w, 3), 90, np.uint8)
+        rows = []
+        for k in range(1 + i % 2):
+            x0, y0 = 8 + 44 * k, 10 + 30 * k
+            bw, bh = int(rng.integers(20, 36)), int(rng.integers(20, 36))
+            cls = (i + k) % 2
+            cv2.rectangle(im, (x0, y0), (x0 + bw, y0 + bh), (40, 200, 60) if cls else (220, 40, 40), -1)
+            rows.append(f"{cls} {(x0 + bw / 2) / w:.6f} {(y0 + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
+        cv2.imwrite(str(root / "images" / "val" / f"{i:04d}.jpg"), im)
+        (root / "labels" / "val" / f"{i:04d}.txt").write_text("\n".join(rows) + "\n")
+        n_labels += len(rows)
+    f = root / "data.yaml"
+    f.write_text(yaml.safe_dump({"path": str(root), "train": "images/val", "val": "images/val", "names": NAMES}))
+    return f, n_labels
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    m = Model("yolov5n.yaml", nc=len(NAMES))
+    m.names = list(NAMES)
+    return m
+
+
+@pytest.fixture
+def weights(tmp_path, tiny_model):
+    return save_checkpoint(make_checkpoint(tiny_model, half=False), tmp_path / "tiny.pt")
+
+
+# ------------------------------------------------------------------------------------------- metrics --
+
+def test_matching_is_redone_at_every_threshold():
+    """One label, two detections: the confident one at IoU ~0.6, the other at IoU ~0.9.
+    Matching once at 0.5 (v6.1) would never credit the second; per threshold it is the match above 0.6."""
+    labels = torch.tensor([[0, 0.0, 0.0, 100.0, 100.0]])
+    dets = torch.tensor([[0.0, 0.0, 100.0, 60.0, 0.9, 0.0],  # IoU 0.60
+                         [0.0, 0.0, 100.0, 90.0, 0.8, 0.0]])  # IoU 0.90
+    correct = match_per_threshold(dets, labels, IOUV)
+    thresholds = IOUV.tolist()
+    for k, t in enumerate(thresholds):
+        assert bool(correct[0, k]) == (t <= 0.6 + 1e-6)
+        assert bool(correct[1, k]) == (0.6 + 1e-6 < t <= 0.9 + 1e-6)
+    assert correct.sum(0).max() <= 1  # one detection per label at each threshold
+
+
+def test_matching_needs_same_class_and_enough_overlap():
+    labels = torch.tensor([[1, 0.0, 0.0, 10.0, 10.0], [0, 50.0, 50.0, 60.0, 60.0]])
+    dets = torch.tensor([[0.0, 0.0, 10.0, 10.0, 0.9, 0.0],  # right place, wrong class
+                         [50.0, 50.0, 60.0, 60.0, 0.8, 0.0],  # perfect
+                         [50.0, 50.0, 60.0, 60.0, 0.7, 0.0],  # duplicate of the perfect one
+                         [200.0, 200.0, 210.0, 210.0, 0.6, 1.0]])  # nowhere
+    correct = match_per_threshold(dets, labels, IOUV)
+    assert correct[1].all() and not correct[0].any() and not correct[2].any() and not correct[3].any()
+    assert match_per_threshold(dets[:0], labels, IOUV).shape == (0, 10)
+    assert not match_per_threshold(dets, labels[:0], IOUV).any()
+
+
+def test_smooth_keeps_constants_and_spreads_spikes():
+    y = np.full(1000, 0.3)
+    assert np.allclose(smooth(y, 0.1), 0.3) and len(smooth(y, 0.1)) == 1000
+    spike = np.zeros(1000)
+    spike[500] = 1.0
+    s = smooth(spike, 0.1)
+    assert len(s) == 1000 and s.max() < 0.02 and math.isclose(s.sum(), 1.0, rel_tol=1e-9)
+
+
+def test_pr_at_smoothed_f1_on_a_clean_split():
+    """Class 0: 4 true detections at conf 0.9, 4 false ones at 0.1, 4 labels. Raw F1 peaks on the knife
+    edge at conf 0.9 (P = R = 1); the smoothed peak sits just below it: R stays 1, P barely drops."""
+    tp = np.array([[1]] * 4 + [[0]] * 4, bool)
+    conf = np.array([0.9] * 4 + [0.1] * 4)
+    p, r = pr_at_smoothed_f1(tp, conf, np.zeros(8), np.zeros(4))
+    assert p.shape == r.shape == (1,)
+    assert r[0] == pytest.approx(1.0) and 0.95 < p[0] < 1.0
+
+
+# ----------------------------------------------------------------------------------------------- run --
+
+def test_save_hybrid_scores_perfectly_and_writes_everything(tmp_path, weights, log_lines):
+    """--save-hybrid adds the labels as conf-1 detections, so AP must be YOLOv5's ceiling 0.995 at
+    every threshold whatever the (untrained) model predicts; all outputs are written."""
+    data, n_labels = make_dataset(tmp_path / "ds")
+    (mp, mr, map50, map_, *losses), maps, t = val.run(
+        data=str(data), weights=str(weights), imgsz=128, batch_size=4, device="cpu", workers=0, save_hybrid=True,
+        save_txt=True, save_conf=True, save_json=True, verbose=True, project=tmp_path / "runs", name="exp")
+    assert map50 == pytest.approx(0.995, abs=1e-6) and map_ == pytest.approx(0.995, abs=1e-6)
+    assert maps.shape == (2,) and np.allclose(maps, 0.995) and len(losses) == 3 and len(t) == 3
+    assert 0 < mp <= 1 and 0 < mr <= 1
+    d = tmp_path / "runs" / "exp"
+    for f in ("confusion_matrix.png", "PR_curve.png", "F1_curve.png", "P_curve.png", "R_curve.png",
+              "val_batch0_labels.jpg", "val_batch0_pred.jpg", "val_batch1_pred.jpg", "tiny_predictions.json"):
+        assert (d / f).is_file(), f
+    assert len(list((d / "labels").glob("*.txt"))) == 6
+    row = next(line for line in log_lines if line.strip().startswith("all"))
+    assert row.split()[1:3] == ["6", str(n_labels)]
+    assert any(line.strip().startswith(NAMES[0]) for line in log_lines)  # --verbose per-class rows
+    assert any(line.startswith("Speed: ") and "per image at shape (4, 3, 128, 128)" in line for line in log_lines)
+    coco = next(line for line in log_lines if line.startswith("pycocotools"))
+    assert float(coco.split("mAP@.5:.95")[1].split()[0].strip(",")) == pytest.approx(1.0, abs=0.01)
+
+
+def test_training_call_restores_model_and_reports_losses(tmp_path, tiny_model):
+    from utils.loader import create_dataloader
+    from utils.loss import ComputeLoss
+
+    data, _ = make_dataset(tmp_path / "ds", n=4)
+    d = {"names": NAMES, "nc": 2, "val": str(tmp_path / "ds" / "images" / "val")}
+    loader = create_dataloader(d["val"], 96, 4, 32, pad=0.5, rect=True, workers=0)[0]
+    model = tiny_model.train()
+    model.hyp = yaml.safe_load((val.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
+    for half in (None, True):  # None: fp32 on CPU as v6.1; True: pure fp16 on CPU when asked
+        r, maps, t = val.run(data=d, batch_size=4, imgsz=96, model=model, dataloader=loader, plots=False,
+                             save_dir=tmp_path, compute_loss=ComputeLoss(model), half=half)
+        assert len(r) == 7 and all(math.isfinite(x) for x in r) and all(x > 0 for x in r[4:7])
+        assert model.training and next(model.parameters()).dtype == torch.float32
+        assert maps.shape == (2,)
+
+
+def test_speed_task_with_single_cls(tmp_path, weights, log_lines):
+    data, _ = make_dataset(tmp_path / "ds", n=4)
+    out = val.main(val.parse_opt(["--data", str(data), "--weights", str(weights), "--img", "96", "--task", "speed",
+                                  "--single-cls", "--device", "cpu", "--workers", "0", "--project", str(tmp_path / "r")]))
+    (r, maps, t), = out
+    assert len(r) == 7 and maps.shape == (1,) and len(t) == 3
+    assert any("per image at shape (32, 3, 96, 96)" in line for line in log_lines)
+
+
+def test_wrong_dataset_for_weights_is_refused(tmp_path, weights):
+    data, _ = make_dataset(tmp_path / "ds", n=2)
+    d = yaml.safe_load(data.read_text())
+    d["names"] = ["a", "b", "c"]
+    data.write_text(yaml.safe_dump(d))
+    with pytest.raises(ValueError, match="has 2 classes but --data"):
+        val.run(data=str(data), weights=str(weights), imgsz=96, device="cpu", workers=0, project=tmp_path / "r")
+
+
+# ------------------------------------------------------------------------------------ official weights --
+
+def test_official_yolov5n_on_coco8_agrees_with_pycocotools(tmp_path, shared_dir, official_weights):
+    coco8 = shared_dir / "datasets" / "coco8"
+    if not (coco8 / "images" / "val").is_dir():
+        pytest.skip("coco8 is not present")
+    names = yaml.safe_load((val.ROOT / "data" / "coco128.yaml").read_text())["names"]
+    data = {"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}
+    r, _, _ = val.run(data=data, weights=str(official_weights), imgsz=320, device="cpu", workers=0, save_json=True,
+                      plots=False, project=tmp_path / "r", name="exp")
+    from utils.coco_eval import coco_evaluate
+
+    d = tmp_path / "r" / "exp"
+    coco_map, coco_map50 = coco_evaluate(d / "yolov5n_gt.json", d / "yolov5n_predictions.json")
+    assert r[3] > 0.2, "the official model should find most of coco8's objects"
+    assert abs(coco_map - r[3]) < 0.02 and abs(coco_map50 - r[2]) < 0.02
