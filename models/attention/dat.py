@@ -180,7 +180,7 @@ class DAttentionBaseline(nn.Module):
                              f"({self.kv_h}, {self.kv_w}); it cannot run on a {h}x{w} input (keys {hk}x{wk}). "
                              f"Use the default rpe table (fixed_pe=False), which is size-free")
 
-    def _position_bias(self, q, pos, b, h, w, hk, wk):
+    def _position_bias(self, pos, b, h, w, hk, wk):
         """(B*heads, HW, Ns) attention bias, or None (dwc_pe adds its term after attention)."""
         if not self.use_pe or self.no_off or self.dwc_pe:
             return None
@@ -213,7 +213,7 @@ class DAttentionBaseline(nn.Module):
         v = self.proj_v(sampled).reshape(b * heads, hc, ns)
         # matmuls rather than the official einsums: same numbers, and FlopCounterMode sees them at 1x1 too
         attn = (q.reshape(b * heads, hc, h * w).transpose(1, 2) @ k) * self.scale
-        bias = self._position_bias(q, pos, b, h, w, hk, wk)
+        bias = self._position_bias(pos, b, h, w, hk, wk)
         if bias is not None:
             attn = attn + bias
         attn = self.attn_drop(attn.softmax(dim=2, dtype=torch.float32).to(v.dtype))
