@@ -252,3 +252,17 @@ def test_flops_match_spec_numbers():
     """Spec table: FlopCounterMode-visible 30,745,600 + missed attention 10,035,200 (s=1); 24,524,800 + 2,508,800."""
     assert acmix_flops(ACmix(64, 64), (2, 64, 20, 20)) == 30_745_600 + 10_035_200
     assert acmix_flops(ACmix(64, 64, stride=2), (2, 64, 20, 20)) == 24_524_800 + 2_508_800
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # sizes are traced as constants: static export
+def test_onnx_export_opset12_matches(tmp_path):
+    """YOLOv5's default exporter settings (TorchScript exporter, opset 12, static shapes) on stride 2, odd size."""
+    ort = pytest.importorskip("onnxruntime")
+    m = ACmix(16, 16, stride=2).eval()
+    x = torch.randn(1, 16, 13, 17)
+    path = tmp_path / "acmix.onnx"
+    torch.onnx.export(m, x, str(path), opset_version=12, dynamo=False)
+    sess = ort.InferenceSession(str(path))
+    y = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        _close(torch.from_numpy(y), m(x))

@@ -105,10 +105,8 @@ def _row_block(win: dict, g: WindowGeometry, dy: int, positions: int) -> torch.T
 def _logits(qb: torch.Tensor, win: dict, g: WindowGeometry) -> torch.Tensor:
     """(P, k, k) logits q . k_n, one bmm per window row."""
     p = qb.shape[0]
-    out = qb.new_empty(g.kernel, p, 1, g.kernel)
-    for dy in range(g.kernel):
-        torch.bmm(qb, _row_block(win, g, dy, p).transpose(1, 2), out=out[dy])
-    return out.view(g.kernel, p, g.kernel).transpose(0, 1)
+    rows = [torch.bmm(qb, _row_block(win, g, dy, p).transpose(1, 2)) for dy in range(g.kernel)]
+    return torch.cat(rows, dim=2).view(p, g.kernel, g.kernel)
 
 
 def _aggregate(attn: torch.Tensor, win: dict, g: WindowGeometry) -> torch.Tensor:
@@ -139,21 +137,27 @@ def _wide(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: WindowGeometry):
+    """Forward math: (out (Ho, Wo, N, d), attention weights (P, k, k))."""
+    ho, wo, n, d = q.shape
+    qb = q.reshape(-1, 1, d)
+    logits = _logits(qb, {r: _windows(k, g, r) for r in g.phases()}, g)
+    # softmax in fp32 (or wider) even for half/bf16 inputs; the weights are stored in the compute dtype
+    attn = logits.reshape(qb.shape[0], -1).softmax(-1, dtype=_wide(q.dtype)).to(q.dtype)
+    attn = attn.view(-1, g.kernel, g.kernel)
+    out = _aggregate(attn, {r: _windows(v, g, r) for r in g.phases()}, g)
+    return out.view(ho, wo, n, d), attn
+
+
 class LocalAttention(torch.autograd.Function):
     """softmax_n(q . k_n) weighted sum of v_n over the k x k window of each output position."""
 
     @staticmethod
     def forward(ctx, q, k, v, g: WindowGeometry):
-        ho, wo, n, d = q.shape
-        qb = q.reshape(-1, 1, d)
-        logits = _logits(qb, {r: _windows(k, g, r) for r in g.phases()}, g)
-        # softmax in fp32 (or wider) even for half/bf16 inputs; the weights are stored in the compute dtype
-        attn = logits.reshape(qb.shape[0], -1).softmax(-1, dtype=_wide(q.dtype)).to(q.dtype)
-        attn = attn.view(-1, g.kernel, g.kernel)
-        out = _aggregate(attn, {r: _windows(v, g, r) for r in g.phases()}, g)
+        out, attn = _attend(q, k, v, g)
         ctx.save_for_backward(q, k, v, attn)
         ctx.geometry = g
-        return out.view(ho, wo, n, d)
+        return out
 
     @staticmethod
     @once_differentiable
@@ -180,4 +184,7 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: i
     g = WindowGeometry(kernel, stride, dilation, h, w)
     if tuple(q.shape[:2]) != g.out_hw:
         raise ValueError(f"local_attention: q is {tuple(q.shape[:2])} but stride {stride} on {h}x{w} gives {g.out_hw}")
-    return LocalAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), g)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if torch.jit.is_tracing():  # ONNX / TorchScript tracing records the plain forward ops
+        return _attend(q, k, v, g)[0]
+    return LocalAttention.apply(q, k, v, g)

@@ -14,7 +14,8 @@ a fix of an official failure (outputs are equal, to float rounding, wherever the
   the pe term q.(pe_q - pe_n) becomes q.(k - pe)_n because q.pe_q is the same for every neighbour n
   and cancels in the softmax; the three 1x1 projections run as one conv.
 
-ONNX: plain ops (index_select, stack, bmm, softmax, conv); no float64 constants.
+ONNX: exports with the TorchScript exporter from opset 11 (12 checked, onnxruntime error ~2e-7) with
+static input sizes (the window indices are traced as constants); no float64 constants, no grid_sample.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ class ACmix(nn.Module):
     def _attention(self, qkv, b, h, w):
         head, d, s = self.head, self.head_dim, self.stride
         # (3, H, W, B*head, d): per position the (batch, head) rows contiguous, as local_attention wants
-        q, k, v = qkv.view(b, 3, head, d, h, w).permute(1, 4, 5, 0, 2, 3).reshape(3, h, w, b * head, d).unbind(0)
+        q, k, v = qkv.reshape(b, 3, head, d, h, w).permute(1, 4, 5, 0, 2, 3).reshape(3, h, w, b * head, d).unbind(0)
         pe = self.conv_p(position_grid(h, w, qkv))  # (1, d, H, W), batch independent
         k = k - pe[0].permute(1, 2, 0).unsqueeze(2)  # q.(k_n + pe_q - pe_n) = q.(k - pe)_n + const(n)
         q = q[::s, ::s] * d ** -0.5
@@ -130,6 +131,6 @@ class ACmix(nn.Module):
 
     def _convolution(self, qkv, b, h, w):
         kc2 = self.kernel_conv ** 2
-        f_all = self.fc(qkv.view(b, 3 * self.head, self.head_dim, h * w))  # (B, kc^2, d, HW)
+        f_all = self.fc(qkv.reshape(b, 3 * self.head, self.head_dim, h * w))  # (B, kc^2, d, HW)
         f_conv = f_all.permute(0, 2, 1, 3).reshape(b, self.head_dim * kc2, h, w)
         return self.dep_conv(f_conv)
