@@ -266,3 +266,17 @@ def test_onnx_export_opset12_matches(tmp_path):
     y = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         _close(torch.from_numpy(y), m(x))
+
+
+def test_yaml_rule_keeps_channels_and_checks_head():
+    from models.registry import LayerContext, ModelConfigError
+    spec = REGISTRY["ACmix"]
+    ctx = LayerContext(18, "[-1, 1, ACmix, [256, 256, 7, 8]]", [128], [256, 256, 7, 8], 1, 0.5, 0.33, 80, None)
+    built = spec.build(ctx)
+    assert built.args == [128, 128, 7, 8] and built.c2 == 128
+    bad = LayerContext(18, "[-1, 1, ACmix, [None, None, 7, 5]]", [128], [None, None, 7, 5], 1, 0.5, 0.33, 80, None)
+    with pytest.raises(ModelConfigError, match="layer 18.*head=5.*128"):
+        spec.build(bad)
+    kw = LayerContext(3, "[-1, 1, ACmix, [{head: 3}]]", [64], [{"head": 3}], 1, 1.0, 1.0, 80, None)
+    with pytest.raises(ModelConfigError, match="head=3"):
+        spec.build(kw)
