@@ -58,6 +58,9 @@ DEMO_CFG, DEMO_CFG_FALLBACK = "yolov5n_TripletAttention.yaml", "yolov5n.yaml"
 DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
 DEMO_DATA = ROOT / "data" / "shapes.yaml"
 DEMO_HYP = ROOT / "data" / "hyps" / "hyp.shapes-demo.yaml"  # used when --hyp is not given and --data is the demo set
+# Like v6.1 (default yolov5s.pt) training starts from COCO-pretrained weights unless told otherwise (--weights '');
+# the official yolov5n.pt is found beside the repo when present, transferred insertion-aware into the cfg.
+DEFAULT_WEIGHTS = ROOT.parent / "shared" / "weights" / "yolov5n.pt"
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
 
 
@@ -71,14 +74,15 @@ def default_cfg() -> str:
 
 def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train YOLOv5 with attention blocks")
-    p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch)")
+    p.add_argument("--weights", type=str, default=None,
+                   help=f"initial weights path ('' = from scratch; default {DEFAULT_WEIGHTS.name} when present)")
     p.add_argument("--cfg", type=str, default=None, help=f"model yaml (default {DEMO_CFG})")
     p.add_argument("--data", type=str, default=str(DEMO_DATA), help="dataset yaml")
     p.add_argument("--hyp", type=str, default=None,
                    help=f"hyperparameters yaml (default {DEFAULT_HYP.name}; {DEMO_HYP.name} for the demo data)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=160, help="train, val image size (pixels)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train, val image size (pixels)")
     p.add_argument("--rect", action="store_true", help="rectangular training")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume most recent training (or a last.pt)")
     p.add_argument("--nosave", action="store_true", help="only save final checkpoint")
@@ -568,8 +572,10 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:
     if opt.resume:
         opt = resume_options(opt)
     else:
-        if not opt.cfg and not str(opt.weights).endswith(".pt"):
+        if not opt.cfg and not str(opt.weights or "").endswith(".pt"):
             opt.cfg = default_cfg()
+        if opt.weights is None:
+            opt.weights = str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else ""
         if not opt.hyp:
             demo = isinstance(opt.data, (str, Path)) and Path(opt.data).resolve() == DEMO_DATA
             opt.hyp = str(DEMO_HYP if demo else DEFAULT_HYP)

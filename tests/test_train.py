@@ -9,7 +9,7 @@ from utils.callbacks import Callbacks
 from utils.checkpoint import load_checkpoint
 from utils.shapes import NAMES, generate_shapes
 
-TINY = dict(imgsz=64, batch_size=4, workers=0, cfg="yolov5n.yaml", noautoanchor=True, seed=3)
+TINY = dict(imgsz=64, batch_size=4, workers=0, cfg="yolov5n.yaml", weights="", noautoanchor=True, seed=3)
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def rows(csv_path):
 
 
 def test_default_run_smoke_artifacts_and_stripped_weights(tiny_data, tmp_path):
-    opts = {**TINY, "cfg": None}  # the embedded default model
+    opts = {**TINY, "cfg": None, "weights": None}  # the embedded default model and weights
     results = train.run(data=tiny_data, epochs=1, project=str(tmp_path), name="exp", **opts)
     assert len(results) == 7 and all(isinstance(x, float) for x in results)
     d = tmp_path / "exp"
