@@ -79,10 +79,9 @@ def _windows(t: torch.Tensor, g: WindowGeometry, r: int) -> torch.Tensor:
     _, _, n, d = t.shape
     index, rows, cols = g.gather_index(r, t.device)
     padded = t.reshape(g.h * g.w, n, d).index_select(0, index).view(rows, cols, n, d)
-    out = t.new_empty(rows, g.out_hw[1], n, g.kernel, d)
-    for dx in range(g.kernel):  # copy_ into slices: several times faster than torch.stack here
-        out[:, :, :, dx].copy_(padded[:, g.col_slice(dx)])
-    return out
+    span = g.dilation * (g.kernel - 1) + 1
+    win = padded.unfold(1, span, g.stride)[..., ::g.dilation]  # (rows, Wo, N, d, k) view
+    return win.permute(0, 1, 2, 4, 3).contiguous()  # one copy: k window columns per (row, x, n)
 
 
 def _fold_add(dwin: torch.Tensor, g: WindowGeometry, r: int, out: torch.Tensor) -> None:
