@@ -102,13 +102,29 @@ def _traced_is_shape_free(ts, model: nn.Module, im: torch.Tensor) -> bool:
     return got.shape == want.shape and _max_rel_error(got, want) <= tol
 
 
+def _explain_trace_failure(model, im, train: bool, err: Exception) -> ExportError:
+    """Trace layer by layer to name the block torch.jit.trace could not handle."""
+    with export_mode(model, train=train), torch.no_grad():
+        culprit = find_failing_layer(model, im, lambda layer, args: torch.jit.trace(layer, args, check_trace=False))
+    where, cause = culprit if culprit else ("the model", err)
+    return ExportError(f"TorchScript trace failed in {where}: {_first_line(cause)}")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def export_torchscript(model: nn.Module, im: torch.Tensor, file, optimize: bool = False, *, train: bool = False) -> Path:
     """Trace `model` on `im` and save it with config.txt = {shape, stride, names} in _extra_files."""
     f = Path(file)
     prefix = colorstr("TorchScript:")
     LOGGER.info(f"\n{prefix} starting export with torch {torch.__version__}...")
-    with export_mode(model, train=train), torch.no_grad():
-        ts = torch.jit.trace(model, im, strict=False, check_trace=False)
+    try:
+        with export_mode(model, train=train), torch.no_grad():
+            ts = torch.jit.trace(model, im, strict=False, check_trace=False)
+    except Exception as e:
+        raise _explain_trace_failure(model, im, train, e) from e
     dynamic = not train and _traced_is_shape_free(ts, model, im)
     if not dynamic and not train:
         LOGGER.warning(f"{prefix} the traced graph only reproduces the model at input shape {tuple(im.shape)} "
@@ -117,7 +133,13 @@ def export_torchscript(model: nn.Module, im: torch.Tensor, file, optimize: bool 
     extra = {"config.txt": json.dumps(config)}
     if optimize:  # mobile-optimised, saved for the lite interpreter as v6.1 does
         from torch.utils.mobile_optimizer import optimize_for_mobile
-        optimize_for_mobile(ts)._save_for_lite_interpreter(str(f), _extra_files=extra)
+        try:
+            ts = optimize_for_mobile(ts)
+        except RuntimeError as e:  # builds without XNNPACK (e.g. many CUDA wheels) cannot do this pass
+            cause = "this torch build has no XNNPACK" if "XNNPACK" in str(e) else str(e).splitlines()[0]
+            raise ExportError(f"--optimize (TorchScript mobile optimisation) is unavailable: {cause}; "
+                              f"export without --optimize") from None
+        ts._save_for_lite_interpreter(str(f), _extra_files=extra)
     else:
         ts.save(str(f), _extra_files=extra)
     LOGGER.info(f"{prefix} export success, saved as {f} ({_size_mb(f)})")
@@ -146,8 +168,7 @@ def _explain_export_failure(model, im, opset: int, dynamic: bool, train: bool, e
     if culprit is None:
         return ExportError(f"ONNX export (opset {opset}, dynamic={dynamic}) failed: {err}")
     where, cause = culprit
-    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return ExportError(f"ONNX export (opset {opset}, dynamic={dynamic}) failed in {where}: {first_line}")
+    return ExportError(f"ONNX export (opset {opset}, dynamic={dynamic}) failed in {where}: {_first_line(cause)}")
 
 
 def _add_metadata(onnx_model, meta: dict) -> None:

@@ -1,7 +1,8 @@
 """export.py and utils/backends.py: every variant exports (ONNX static + dynamic, TorchScript) and the
 exported graphs reproduce PyTorch; metadata round-trips; bad requests are clear errors.
 
-Agreement measure used throughout: max|exported - pytorch| <= 1e-4 * max|pytorch| (max-abs over max-abs).
+Agreement measure: max|exported - pytorch| <= 1e-4 * max|pytorch| (max-abs over max-abs); for detections
+the boxes are measured that way and the scores (in [0, 1]) separately with max|diff| <= 1e-4.
 The per-variant matrix iterates over whatever models/yolov5_*.yaml exist (scale n), plus yolov5n.yaml;
 each model is built once per session and the inputs are small (64x64 and a batch-2 96x64).
 """
@@ -23,14 +24,52 @@ from utils.backends import OnnxBackend, TorchScriptBackend, load_any, load_expor
 from utils.export_checks import ExportError, required_opset
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-VARIANTS = ["yolov5n.yaml"] + sorted(f"yolov5n_{p.stem[len('yolov5_'):]}.yaml" for p in MODELS.glob("yolov5_*.yaml"))
 RTOL = 1e-4
-SIZES = [(1, 64, 64), (2, 96, 64)]  # (batch, h, w): the export size and a second one for the dynamic graphs
+SIZES = [(1, 64, 64), (2, 192, 128)]  # (batch, h, w): the export size and another one for the dynamic graphs
+LAYER_SIZES = SIZES + [(1, 320, 224)]  # P5 2x2 at export, then 6x4 and 10x7: size-dependent branches differ
+
+# Blocks whose export is known to be wrong, per check, with the cause (reported to the block owners).
+# strict xfail: when a block is fixed its cases XPASS and fail, so remove the entry then.
+KNOWN_EXPORT_BUGS = {
+    "ACmix": ({"onnx", "torchscript", "layers"},
+              "models/attention/_local_attention.py: LocalAttention is a custom autograd.Function taking a "
+              "WindowGeometry argument; torch.jit.trace (ONNX and TorchScript) fails on it with "
+              "'IndexError: unordered_map::at'"),
+    "LocalWindowAttention": ({"layers"},
+                             "models/attention/efficientvit.py: LocalWindowAttention chooses between global "
+                             "attention (H, W <= window_resolution) and windows with a Python `if` on the "
+                             "input size, so a graph traced on a small map never windows (wrong on larger maps)"),
+    "DAttentionBaseline": ({"layers"},
+                           "models/attention/dat.py: axis_coords' `if n == 1` and _sample_points' max(hk - 1, 1) "
+                           "are Python branches on the key-grid size, so a graph traced where the key grid "
+                           "is 1 cell wide bakes that size in (wrong at other sizes)"),
+}
 
 
-def _inputs():
+def _blocks_in(yaml_file: Path) -> set[str]:
+    import yaml
+
+    d = yaml.safe_load(yaml_file.read_text())
+    return {str(row[2]) for row in list(d.get("backbone") or []) + list(d.get("head") or [])}
+
+
+def _variant_params(check: str):
+    """yolov5n.yaml plus every models/yolov5_*.yaml at scale n; attention variants are marked slow so
+    `-m "not slow"` gives a quick run (CI runs them all); known export bugs are strict xfails."""
+    params = [] if check == "layers" else ["yolov5n.yaml"]
+    for p in sorted(MODELS.glob("yolov5_*.yaml")):
+        marks = [pytest.mark.slow]
+        for block in sorted(_blocks_in(p)):
+            checks, cause = KNOWN_EXPORT_BUGS.get(block, (set(), ""))
+            if check in checks:
+                marks.append(pytest.mark.xfail(reason=cause, strict=True))
+        params.append(pytest.param(f"yolov5n_{p.stem[len('yolov5_'):]}.yaml", marks=marks))
+    return params
+
+
+def _inputs(sizes=SIZES):
     g = torch.Generator().manual_seed(0)
-    return [torch.rand(b, 3, h, w, generator=g) for b, h, w in SIZES]
+    return [torch.rand(b, 3, h, w, generator=g) for b, h, w in sizes]
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,41 +83,117 @@ def _built(cfg: str):
     return model, ims, refs
 
 
-def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str):
+def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str, rtol: float = RTOL):
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    err = float((got - want).abs().max() / want.abs().max())
-    assert err <= RTOL, f"{what}: max|diff|/max|ref| = {err:.2e} > {RTOL}"
+    scale = float(want.abs().max())
+    assert scale > 0, f"{what}: the reference output is all zeros, nothing to compare"
+    err = float((got - want).abs().max()) / scale
+    assert err <= rtol, f"{what}: max|diff|/max|ref| = {err:.2e} > {rtol:.1e}"
+
+
+def _fp32_noise(layer: nn.Module, x: torch.Tensor, ref: torch.Tensor) -> float:
+    """How far fp32 eager itself is from float64 on this input (max-abs over max-abs)."""
+    import copy
+
+    try:
+        with torch.no_grad():
+            exact = copy.deepcopy(layer).double()(x.double())
+    except Exception:  # a block without float64 support: no finer measure than RTOL
+        return 0.0
+    return float((ref.double() - exact).abs().max() / exact.abs().max())
+
+
+def _assert_detections_close(got: torch.Tensor, want: torch.Tensor, what: str):
+    """Boxes (pixels) relative to their own max-abs; objectness/class scores (in [0, 1]) on their own,
+    so the large box numbers cannot hide a score error."""
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    _assert_close(got[..., :4], want[..., :4], f"{what} boxes")
+    err = float((got[..., 4:] - want[..., 4:]).abs().max())
+    assert err <= RTOL, f"{what} scores: max|diff| = {err:.2e} > {RTOL}"
 
 
 # ----------------------------------------------------------------------------- per-variant matrix
 
-@pytest.mark.parametrize("cfg", VARIANTS)
+@pytest.mark.parametrize("cfg", _variant_params("onnx"))
 def test_onnx_static_export_matches_pytorch(cfg, tmp_path):
     model, ims, refs = _built(cfg)
-    f = export.export_onnx(model, ims[0], tmp_path / "m.onnx", dynamic=False)
+    f = export.export_onnx(model, ims[0], tmp_path / "m.onnx", dynamic=False, check=False)  # backend runs it
     backend = OnnxBackend(f)
     assert not backend.dynamic and backend.input_shape == (1, 3, 64, 64)
-    _assert_close(backend.forward(ims[0]), refs[0], f"{cfg} ONNX static")
+    _assert_detections_close(backend.forward(ims[0]), refs[0], f"{cfg} ONNX static")
 
 
-@pytest.mark.parametrize("cfg", VARIANTS)
+@pytest.mark.parametrize("cfg", _variant_params("onnx"))
 def test_onnx_dynamic_export_matches_pytorch_at_two_sizes(cfg, tmp_path):
     model, ims, refs = _built(cfg)
-    f = export.export_onnx(model, ims[0], tmp_path / "m.onnx", dynamic=True)
+    f = export.export_onnx(model, ims[0], tmp_path / "m.onnx", dynamic=True, check=False)
     backend = OnnxBackend(f)
     assert backend.dynamic and backend.input_shape == (None, 3, None, None)
     for im, ref in zip(ims, refs):
-        _assert_close(backend.forward(im), ref, f"{cfg} ONNX dynamic at {tuple(im.shape)}")
+        _assert_detections_close(backend.forward(im), ref, f"{cfg} ONNX dynamic at {tuple(im.shape)}")
 
 
-@pytest.mark.parametrize("cfg", VARIANTS)
+@pytest.mark.parametrize("cfg", _variant_params("torchscript"))
 def test_torchscript_export_matches_pytorch_at_two_sizes(cfg, tmp_path):
     model, ims, refs = _built(cfg)
     f = export.export_torchscript(model, ims[0], tmp_path / "m.torchscript")
     backend = TorchScriptBackend(f)
     assert backend.dynamic, f"{cfg}: the traced graph bakes its input size in"
     for im, ref in zip(ims, refs):
-        _assert_close(backend.forward(im), ref, f"{cfg} TorchScript at {tuple(im.shape)}")
+        _assert_detections_close(backend.forward(im), ref, f"{cfg} TorchScript at {tuple(im.shape)}")
+
+
+def _perturbed(layer: nn.Module, g: torch.Generator) -> nn.Module:
+    """A copy with every parameter nudged: blocks that start as identity (zero-initialised last BN or
+    gate) would otherwise output zeros or their input, hiding any error of the attention path."""
+    import copy
+
+    layer = copy.deepcopy(layer)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return layer
+
+
+@pytest.mark.parametrize("cfg", _variant_params("layers"))
+def test_attention_layers_alone_export_shape_free(cfg):
+    """Each attention layer on random-normal input at its own feature sizes: exported (dynamic ONNX and
+    traced) at the size a 64x64 image gives, compared at the sizes of 192x128 and 320x224 images.
+    Whole-model checks alone can miss a layer's error: a randomly initialised network may pass the
+    block's output on with too little weight for the detections to show it."""
+    import io
+
+    import onnxruntime as ort
+
+    from models.registry import REGISTRY
+    from utils.export_checks import layer_inputs
+
+    model, ims, _ = _built(cfg)
+    with export.export_mode(model):
+        captured = layer_inputs(model, ims[0])  # shapes at the export size; the others follow from the stride
+    layers = [i for i, m in enumerate(model.model) if getattr(REGISTRY.get(m.type), "attention", False)]
+    assert layers, f"{cfg} has no attention layer"
+    g = torch.Generator().manual_seed(1)
+    for i in layers:
+        layer = _perturbed(model.model[i], g)
+        _, c, h, w = captured[i][0].shape
+        stride = SIZES[0][1] // h
+        xs = [torch.randn(b, c, -(-hi // stride), -(-wi // stride), generator=g) for b, hi, wi in LAYER_SIZES]
+        with torch.no_grad():
+            refs = [layer(x) for x in xs]
+            ts = torch.jit.trace(layer, xs[0], check_trace=False)
+        f = io.BytesIO()
+        torch.onnx.export(layer, (xs[0],), f, dynamo=False, opset_version=export.DEFAULT_OPSET, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}})
+        session = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+        for x, ref in zip(xs, refs):
+            what = f"{cfg} layer {i} ({layer.type}) exported at {tuple(xs[0].shape[2:])}, run at {tuple(x.shape[2:])}"
+            # nudged weights can make a block ill-conditioned (D-LKA: fp32 itself 1e-5 off float64), so allow
+            # 10x fp32's own error where that exceeds RTOL; a size baked into a graph gives errors of order 1
+            rtol = max(RTOL, 10 * _fp32_noise(layer, x, ref))
+            _assert_close(torch.from_numpy(session.run(None, {"x": x.numpy()})[0]), ref, f"{what}, ONNX", rtol)
+            with torch.no_grad():
+                _assert_close(ts(x), ref, f"{what}, TorchScript", rtol)
 
 
 # ----------------------------------------------------------------------------- metadata and backends
@@ -102,7 +217,7 @@ def test_export_leaves_the_model_as_it_was(tmp_path):
     assert not model.training and not model.model[-1].export
     with torch.no_grad():
         y, raw = model(ims[1])  # eval mode again returns (pred, raw maps)
-    _assert_close(y, refs[1], "after export")
+    _assert_detections_close(y, refs[1], "after export")
 
 
 def test_static_onnx_rejects_another_shape_clearly(tmp_path):
@@ -127,7 +242,7 @@ def test_run_on_official_weights_matches_attempt_load(official_weights, tmp_path
     for f in files:
         b = load_any(f)
         assert b.names[0] == "person" and b.stride == 32
-        _assert_close(b.forward(im), want, f.name)
+        _assert_detections_close(b.forward(im), want, f.name)
 
 
 def test_cli_exports_a_fresh_yaml_model(tmp_path):
@@ -150,6 +265,16 @@ def test_unsupported_include_lists_the_supported_formats():
         export.check_include(["onnx", "tflite"])
     with pytest.raises(SystemExit):
         export.main(["--cfg", "yolov5n.yaml", "--include", "engine"])
+
+
+def test_optimize_works_or_says_why(tmp_path):
+    model, ims, refs = _built("yolov5n.yaml")
+    try:
+        f = export.export_torchscript(model, ims[0], tmp_path / "m.torchscript", optimize=True)
+    except ExportError as e:  # torch wheels without XNNPACK cannot optimise for mobile
+        assert "--optimize" in str(e) and "XNNPACK" in str(e)
+        return
+    _assert_detections_close(TorchScriptBackend(f).forward(ims[0]), refs[0], "TorchScript --optimize")
 
 
 def test_half_on_cpu_is_refused():

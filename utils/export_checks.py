@@ -68,8 +68,12 @@ def check_opset(model: nn.Module, opset: int) -> None:
 def layer_inputs(model: nn.Module, im: torch.Tensor) -> dict[int, object]:
     """The input each top-level yaml layer receives on `im` (captured with pre-forward hooks)."""
     seen, hooks = {}, []
+
+    def keep(i, args):  # copy lists: Detect overwrites its input list in place
+        seen.setdefault(i, tuple(list(a) if isinstance(a, list) else a for a in args))
+
     for i, layer in enumerate(getattr(model, "model", [])):
-        hooks.append(layer.register_forward_pre_hook(lambda mod, args, i=i: seen.setdefault(i, args)))
+        hooks.append(layer.register_forward_pre_hook(lambda mod, args, i=i: keep(i, args)))
     try:
         with torch.no_grad():
             model(im)

@@ -1,0 +1,112 @@
+"""CPU latency of PyTorch (fused, eval) versus onnxruntime for yolov5s and every attention variant.
+
+Usage:
+    python benchmarks/export.py                               # scale s, 640x640, batch 1, all variants
+    python benchmarks/export.py --scale n --imgsz 128 --repeats 3 --variants DAT SE   # quick check
+
+Each model is built from its yaml (random init: latency does not depend on the weights), fused, exported
+to a static ONNX file in a temporary folder, then timed: the median over --repeats single-image forwards
+after --warmup untimed ones, PyTorch and onnxruntime on the same number of threads. Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import export  # noqa: E402
+from models.yolo import Model  # noqa: E402
+from utils.log import LOGGER  # noqa: E402
+
+
+def variant_names() -> list[str]:
+    return sorted(p.stem[len("yolov5_"):] for p in (ROOT / "models").glob("yolov5_*.yaml"))
+
+
+def median_ms(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def ort_session(f: Path, threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+
+
+def bench_one(cfg: str, im: torch.Tensor, tmp: Path, opt) -> dict:
+    model = Model(cfg).eval().fuse()
+    row = {"model": Path(cfg).stem, "params": sum(p.numel() for p in model.parameters()) / 1e6}
+    with export.export_mode(model), torch.no_grad():
+        row["torch"] = median_ms(lambda: model(im), opt.warmup, opt.repeats)
+    f = export.export_onnx(model, im, tmp / f"{row['model']}.onnx", opset=opt.opset, check=False)
+    session = ort_session(f, opt.threads)
+    feed = {"images": im.numpy()}
+    row["ort"] = median_ms(lambda: session.run(None, feed), opt.warmup, opt.repeats)
+    return row
+
+
+def markdown(rows: list[dict], opt) -> str:
+    head = (f"CPU latency, batch 1, {opt.imgsz}x{opt.imgsz}, {opt.threads} threads, median of {opt.repeats} "
+            f"(torch {torch.__version__}, onnxruntime {_ort_version()})\n\n"
+            "| model | params (M) | PyTorch fused (ms) | onnxruntime (ms) | PyTorch / ORT |\n|---|---:|---:|---:|---:|")
+    lines = [f"| {r['model']} | {r['params']:.2f} | {r['torch']:.1f} | {r['ort']:.1f} | {r['torch'] / r['ort']:.2f} |"
+             if "error" not in r else f"| {r['model']} | | failed: {r['error']} | | |" for r in rows]
+    return "\n".join([head, *lines])
+
+
+def _ort_version() -> str:
+    import onnxruntime
+    return onnxruntime.__version__
+
+
+def parse_opt(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", default="s", choices=list("nsmlx"))
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--opset", type=int, default=export.DEFAULT_OPSET)
+    p.add_argument("--variants", nargs="*", default=None, help="subset of variant names (default: all)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+    opt = parse_opt(argv)
+    torch.set_num_threads(opt.threads)
+    LOGGER.setLevel(logging.WARNING)  # keep the exporter's progress lines out of the table
+    cfgs = [f"yolov5{opt.scale}.yaml"] + [f"yolov5{opt.scale}_{v}.yaml" for v in (opt.variants or variant_names())]
+    im = torch.rand(1, 3, opt.imgsz, opt.imgsz)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cfg in cfgs:
+            try:
+                rows.append(bench_one(cfg, im, Path(tmp), opt))
+            except Exception as e:  # one failing variant is a row in the table, not the end of the run
+                rows.append({"model": Path(cfg).stem, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"})
+            print(f"{rows[-1]['model']}: done", file=sys.stderr, flush=True)
+    print(markdown(rows, opt))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
