@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.annotate import Annotator, colors, display_available, save_one_box  # noqa: E402
-from utils.backend import check_img_size, load_backend  # noqa: E402
+from utils.backend import check_img_size, cpu_threads, load_backend  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
 from utils.nms import non_max_suppression  # noqa: E402
@@ -149,7 +149,8 @@ def run(weights="yolov5s.pt", source=ROOT / "data/images", imgsz=(640, 640), con
             t2 = _time(device)
             pred = backend(im, augment=augment)[0]
             t3 = _time(device)
-            preds = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)
+            with cpu_threads(1, device):
+                preds = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)
             t4 = _time(device)
             dt = [dt[0] + t2 - t1, dt[1] + t3 - t2, dt[2] + t4 - t3]
             for i, det in enumerate(preds):

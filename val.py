@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.backend import check_img_size, load_backend, wrap_model  # noqa: E402
+from utils.backend import check_img_size, cpu_threads, load_backend, wrap_model  # noqa: E402
 from utils.boxes import scale_boxes, xywh2xyxy  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
@@ -134,11 +134,12 @@ def run_batches(backend, dataloader, tally: Tally, out: Outputs, opts: dict, com
             tally.loss += compute_loss([x.float() for x in raw], targets)[1]  # box, obj, cls
         targets[:, 2:] *= torch.tensor((width, height, width, height), device=device)  # to pixels
         lb = [targets[targets[:, 0] == i, 1:] for i in range(nb)] if opts["save_hybrid"] else []
-        t3 = time_sync(device)
-        preds = non_max_suppression(pred, opts["conf_thres"], opts["iou_thres"], labels=lb, multi_label=True,
-                                    agnostic=opts["single_cls"], max_det=opts["max_det"], stats=tally.nms)
-        tally.dt[2] += time_sync(device) - t3
-        score_batch(tally, out, preds, targets, im, paths, shapes, opts["single_cls"])
+        with cpu_threads(1, device):
+            t3 = time_sync(device)
+            preds = non_max_suppression(pred, opts["conf_thres"], opts["iou_thres"], labels=lb, multi_label=True,
+                                        agnostic=opts["single_cls"], max_det=opts["max_det"], stats=tally.nms)
+            tally.dt[2] += time_sync(device) - t3
+            score_batch(tally, out, preds, targets, im, paths, shapes, opts["single_cls"])
         if out.plots is not None:
             out.plots.add(batch_i, im, targets, paths, preds)
 
