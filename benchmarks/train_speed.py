@@ -36,6 +36,7 @@ class _Done(Exception):
 
 def child(args) -> dict:
     """One mode in this process: time each training epoch through the epoch callbacks."""
+    import torch
     import yaml
 
     import train
@@ -62,7 +63,7 @@ def child(args) -> dict:
     n_img = 128
     timed = times[1:] if len(times) > 1 else times
     epoch_s = statistics.median(timed)
-    return {"mode": args.mode, "epoch_s": epoch_s, "epochs_s": times, "img_per_s": n_img / epoch_s,
+    return {"mode": args.mode, "threads": torch.get_num_threads(), "epoch_s": epoch_s, "epochs_s": times, "img_per_s": n_img / epoch_s,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "workers_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
@@ -96,10 +97,10 @@ def main(argv=None):
     load = os.getloadavg()
     print(f"\n{args.cfg} train epoch, coco128 (128 images), --img {args.imgsz} --batch {args.batch} "
           f"--workers {args.workers}, no val; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print(f"{'mode':>6} {'epoch s':>9} {'img/s':>8} {'vs official':>12} {'peak RSS MB':>12} {'workers MB':>11}  epochs")
+    print(f"{'mode':>6} {'threads':>7} {'epoch s':>9} {'img/s':>8} {'vs official':>12} {'peak RSS MB':>12} {'workers MB':>11}  epochs")
     ref = sum(OFFICIAL_EPOCH_S) / 2
     for r in rows:
-        print(f"{r['mode']:>6} {r['epoch_s']:9.2f} {r['img_per_s']:8.1f} {ref / r['epoch_s']:11.2f}x "
+        print(f"{r['mode']:>6} {r['threads']:>7} {r['epoch_s']:9.2f} {r['img_per_s']:8.1f} {ref / r['epoch_s']:11.2f}x "
               f"{r['peak_rss_mb']:12.0f} {r['workers_peak_rss_mb']:11.0f}  " + " ".join(f"{t:.2f}" for t in r["epochs_s"]))
     return rows
 
