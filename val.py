@@ -119,8 +119,10 @@ def run_batches(backend, dataloader, tally: Tally, out: Outputs, opts: dict, com
     from tqdm import tqdm
 
     device, half = tally.device, backend.fp16
+    out.callbacks.run("on_val_start")
     pbar = tqdm(dataloader, desc=HEADER, bar_format="{l_bar}{bar:10}{r_bar}{bar:-10b}", file=sys.stderr)
     for batch_i, (im, targets, paths, shapes) in enumerate(pbar):
+        out.callbacks.run("on_val_batch_start")
         t1 = time_sync(device)
         im = im.to(device, non_blocking=True)
         im = (im.half() if half else im.float()) / 255
@@ -142,6 +144,7 @@ def run_batches(backend, dataloader, tally: Tally, out: Outputs, opts: dict, com
             score_batch(tally, out, preds, targets, im, paths, shapes, opts["single_cls"])
         if out.plots is not None:
             out.plots.add(batch_i, im, targets, paths, preds)
+        out.callbacks.run("on_val_batch_end", batch_i, im, targets, paths, shapes, preds)
 
 
 # ------------------------------------------------------------------------------------------ summary --
