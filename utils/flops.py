@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torchvision.ops  # noqa: F401  (registers torchvision::deform_conv2d for the rule below)
 from torch.utils.flop_counter import FlopCounterMode
 
 from utils.log import LOGGER
@@ -24,8 +25,19 @@ def _grid_sampler_flops(input_shape, grid_shape, *args, out_shape=None, **kwargs
     return 2 * 4 * n * c * ho * wo
 
 
+def _deform_conv_flops(input_shape, weight_shape, offset_shape, *args, out_shape=None, **kwargs) -> int:
+    # torchvision's deformable conv: the conv's multiply-adds plus 4 bilinear taps per sampled input value.
+    n, cin = input_shape[:2]
+    cout, cin_g, kh, kw = weight_shape
+    ho, wo = out_shape[-2:]
+    k = kh * kw
+    return 2 * n * cout * cin_g * k * ho * wo + 2 * 4 * n * cin * k * ho * wo
+
+
 EXTRA_RULES = {
     aten.grid_sampler_2d: _grid_sampler_flops,
+    # the op packet, not .default: FlopCounterMode looks rules up by overload packet
+    torch.ops.torchvision.deform_conv2d: _deform_conv_flops,
 }
 
 

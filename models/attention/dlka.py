@@ -11,8 +11,8 @@ cast back. Under ONNX export the deformable conv is written as grid_sample (bili
 same sampling rule as torchvision) plus a depthwise tap sum, which needs opset >= 16 and runs in
 onnxruntime; ONNX's own DeformConv (opset 19) is not used.
 
-FLOPs: torch's counter has no formula for torchvision::deform_conv2d; importing this module adds one to
-utils.flops.EXTRA_RULES (the conv's multiply-adds plus 4 bilinear taps per sampled value, 2 FLOPs each,
+FLOPs: torch's counter has no formula for torchvision::deform_conv2d; utils.flops.EXTRA_RULES has one
+(the conv's multiply-adds plus 4 bilinear taps per sampled value, 2 FLOPs each,
 the same convention as its grid_sample rule).
 """
 from __future__ import annotations
@@ -23,20 +23,8 @@ import torch.nn.functional as F
 from torchvision.ops import DeformConv2d, deform_conv2d
 
 from models.registry import same_channels, register
-from utils import flops as _flops_mod
 
 __all__ = ["deformable_LKA", "deformable_LKA_Attention"]
-
-
-def _deform_conv_flops(input_shape, weight_shape, offset_shape, *args, out_shape=None, **kwargs) -> int:
-    n, cin = input_shape[:2]
-    cout, cin_g, kh, kw = weight_shape
-    ho, wo = out_shape[-2:]
-    k = kh * kw
-    return 2 * n * cout * cin_g * k * ho * wo + 2 * 4 * n * cin * k * ho * wo
-
-
-_flops_mod.EXTRA_RULES.setdefault(torch.ops.torchvision.deform_conv2d, _deform_conv_flops)
 
 
 def deform_conv_by_grid_sample(x, offset, weight, padding, dilation):
@@ -73,8 +61,12 @@ class DeformConv(nn.Module):
             if dc.groups != dc.in_channels or dc.stride != (1, 1):
                 raise RuntimeError("D-LKA export path supports depthwise, stride-1 deformable convs only")
             return deform_conv_by_grid_sample(x, offsets, dc.weight, dc.padding, dc.dilation)
-        if x.dtype == torch.bfloat16:  # torchvision has no bf16 kernel: run in fp32, cast back
-            out = deform_conv2d(x.float(), offsets.float(), dc.weight.float(), None, dc.stride, dc.padding, dc.dilation)
+        if x.dtype == torch.bfloat16 or offsets.dtype != x.dtype:
+            # torchvision has no bf16 kernel, and under autocast the offsets come out bf16 while x is fp32:
+            # run the deformable conv in fp32 outside autocast and cast back to the input's dtype.
+            with torch.autocast(x.device.type, enabled=False):
+                out = deform_conv2d(x.float(), offsets.float(), dc.weight.float(), None, dc.stride, dc.padding,
+                                    dc.dilation)
             return out.to(x.dtype)
         return dc(x, offsets)
 
