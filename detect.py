@@ -12,14 +12,18 @@ Results go to runs/detect/exp*, labels (--save-txt) to runs/detect/exp*/labels.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
+# Idle OpenMP threads sleep instead of spinning (as train.py): on a shared CPU spinning workers of
+# busy processes slow each other several-fold. Only takes effect when set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:

@@ -10,13 +10,17 @@ Training calls run(data=dict, model=ema, dataloader=val_loader, compute_loss=...
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
+# Idle OpenMP threads sleep instead of spinning (as train.py): on a shared CPU spinning workers of
+# busy processes slow each other several-fold. Only takes effect when set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
