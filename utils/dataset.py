@@ -118,7 +118,7 @@ class LoadImagesAndLabels(Dataset):
             return self.im_hw[i]
         w0, h0 = self.shapes[i]
         r = self.img_size / max(h0, w0)
-        return round(h0 * r), round(w0 * r)
+        return math.ceil(h0 * r), math.ceil(w0 * r)  # ceil as YOLOv5's loader: official val figures depend on it
 
     def _tile(self, i, hw):
         """load_image(i) at exactly the (h, w) the mosaic planned (guards EXIF disagreements)."""
@@ -135,7 +135,7 @@ class LoadImagesAndLabels(Dataset):
         else:
             im, hw0 = self._decode(i)
         r = self.img_size / max(hw0)
-        size = (round(hw0[1] * r), round(hw0[0] * r))
+        size = (math.ceil(hw0[1] * r), math.ceil(hw0[0] * r))
         if (im.shape[1], im.shape[0]) != size:
             interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
             im = cv2.resize(im, size, interpolation=interp)
