@@ -29,12 +29,13 @@ SIZES = [(1, 64, 64), (2, 192, 128)]  # (batch, h, w): the export size and anoth
 LAYER_SIZES = SIZES + [(1, 320, 224)]  # P5 2x2 at export, then 6x4 and 10x7: size-dependent branches differ
 
 # Blocks whose export is known to be wrong, per check, with the cause (reported to the block owners).
-# strict xfail: when a block is fixed its cases XPASS and fail, so remove the entry then.
+# Non-strict xfails, because the owners are fixing them: a fixed block shows up as XPASS in the summary,
+# and its entry should then be removed so the check guards it again.
 KNOWN_EXPORT_BUGS = {
-    "ACmix": ({"onnx", "torchscript", "layers"},
-              "models/attention/_local_attention.py: LocalAttention is a custom autograd.Function taking a "
-              "WindowGeometry argument; torch.jit.trace (ONNX and TorchScript) fails on it with "
-              "'IndexError: unordered_map::at'"),
+    "ACmix": ({"onnx_dynamic", "torchscript", "layers"},
+              "models/attention/acmix.py + _local_attention.py: the traced local-attention path turns the input "
+              "size into Python ints, so the graph only runs at the export size (ONNX Reshape fails in "
+              "onnxruntime at another size; the TorchScript trace is shape-bound)"),
     "LocalWindowAttention": ({"layers"},
                              "models/attention/efficientvit.py: LocalWindowAttention chooses between global "
                              "attention (H, W <= window_resolution) and windows with a Python `if` on the "
@@ -55,14 +56,14 @@ def _blocks_in(yaml_file: Path) -> set[str]:
 
 def _variant_params(check: str):
     """yolov5n.yaml plus every models/yolov5_*.yaml at scale n; attention variants are marked slow so
-    `-m "not slow"` gives a quick run (CI runs them all); known export bugs are strict xfails."""
+    `-m "not slow"` gives a quick run (CI runs them all); known export bugs are xfails."""
     params = [] if check == "layers" else ["yolov5n.yaml"]
     for p in sorted(MODELS.glob("yolov5_*.yaml")):
         marks = [pytest.mark.slow]
         for block in sorted(_blocks_in(p)):
             checks, cause = KNOWN_EXPORT_BUGS.get(block, (set(), ""))
             if check in checks:
-                marks.append(pytest.mark.xfail(reason=cause, strict=True))
+                marks.append(pytest.mark.xfail(reason=cause, strict=False))
         params.append(pytest.param(f"yolov5n_{p.stem[len('yolov5_'):]}.yaml", marks=marks))
     return params
 
@@ -114,7 +115,7 @@ def _assert_detections_close(got: torch.Tensor, want: torch.Tensor, what: str):
 
 # ----------------------------------------------------------------------------- per-variant matrix
 
-@pytest.mark.parametrize("cfg", _variant_params("onnx"))
+@pytest.mark.parametrize("cfg", _variant_params("onnx_static"))
 def test_onnx_static_export_matches_pytorch(cfg, tmp_path):
     model, ims, refs = _built(cfg)
     f = export.export_onnx(model, ims[0], tmp_path / "m.onnx", dynamic=False, check=False)  # backend runs it
@@ -123,7 +124,7 @@ def test_onnx_static_export_matches_pytorch(cfg, tmp_path):
     _assert_detections_close(backend.forward(ims[0]), refs[0], f"{cfg} ONNX static")
 
 
-@pytest.mark.parametrize("cfg", _variant_params("onnx"))
+@pytest.mark.parametrize("cfg", _variant_params("onnx_dynamic"))
 def test_onnx_dynamic_export_matches_pytorch_at_two_sizes(cfg, tmp_path):
     model, ims, refs = _built(cfg)
     f = export.export_onnx(model, ims[0], tmp_path / "m.onnx", dynamic=True, check=False)
@@ -347,18 +348,22 @@ def _coco8(shared_dir) -> dict:
 
 @pytest.mark.slow
 def test_val_on_exported_yolov5n_gives_the_same_map(official_weights, shared_dir, tmp_path):
+    """coco8 at 320: the dynamic ONNX and the TorchScript export score what the .pt scores (within 0.001).
+    val.py must load exported files (utils/backend.load_backend) and use rect batches for dynamic ones,
+    as it does for .pt; until it loads them this test skips."""
     import val
     from utils import backend as val_backend
 
     data = _coco8(shared_dir)
-    f = export.run(weights=str(official_weights), imgsz=[320, 320], include=["onnx"], dynamic=True,
-                   out_dir=tmp_path)[0]
+    files = export.run(weights=str(official_weights), imgsz=[320, 320], include=["onnx", "torchscript"],
+                       dynamic=True, out_dir=tmp_path)
     try:
-        val_backend.load_backend(f, torch.device("cpu"))
+        val_backend.load_backend(files[0], torch.device("cpu"))
     except (NotImplementedError, ValueError) as e:
         pytest.skip(f"val.py does not load exported weights yet: {e}")
     kw = dict(data=data, imgsz=320, batch_size=4, device="cpu", workers=0, plots=False, project=tmp_path)
     pt = val.run(weights=str(official_weights), name="pt", **kw)[0]
-    ox = val.run(weights=str(f), name="onnx", **kw)[0]
     assert pt[3] > 0.1  # a real mAP, not an empty comparison
-    assert abs(pt[2] - ox[2]) <= 1e-3 and abs(pt[3] - ox[3]) <= 1e-3, (pt, ox)
+    for f in files:
+        got = val.run(weights=str(f), name=f.suffix[1:], **kw)[0]
+        assert abs(pt[2] - got[2]) <= 1e-3 and abs(pt[3] - got[3]) <= 1e-3, (f.name, pt[:4], got[:4])
