@@ -298,8 +298,8 @@ def run(weights=None, cfg=None, imgsz=(640, 640), batch_size=1, device="cpu", in
     source = Path(weights if weights else cfg)
     out = Path(out_dir) if out_dir else (source.parent if weights else ROOT / "runs" / "export")
     out.mkdir(parents=True, exist_ok=True)
-    with export_mode(model, train=train, inplace=inplace), torch.no_grad():
-        for _ in range(2):  # dry runs: lazily built state is in place before tracing
+    with export_mode(model, inplace=inplace), torch.no_grad():
+        for _ in range(2):  # dry runs (eval: BN statistics stay as loaded) so lazily built state exists before tracing
             model(im)
     written = []
     for fmt in include:
