@@ -150,6 +150,34 @@ def test_onnx_dynamic_export_is_correct():
         assert_close(torch.from_numpy(sess.run(None, {"x": x.numpy()})[0]), m(x), rel=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("traced_hw", [(2, 2), (12, 10)])
+def test_one_traced_graph_is_right_across_the_one_cell_key_grid(traced_hw):
+    """Traced where the key grid is 1 cell wide (2x2 -> Hk = Wk = 1) or wider: the graph must not bake
+    the single-cell branch (or the wider one) in; dynamic ONNX and TorchScript at 1x1, 2x5, 6x4, 9x15."""
+    ort = pytest.importorskip("onnxruntime")
+    m = randomize(DAttentionBaseline(**SPEC), seed=3).eval()
+    x0 = torch.randn(1, 64, *traced_hw)
+    with torch.no_grad():
+        ts = torch.jit.trace(m, x0, check_trace=False)
+    f = io.BytesIO()
+    torch.onnx.export(m, (x0,), f, opset_version=DAttentionBaseline.min_opset, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    for hw in [(1, 1), (2, 5), (6, 4), (9, 15)]:
+        x = torch.randn(2, 64, *hw)
+        with torch.no_grad():
+            want = m(x)
+            assert_close(ts(x), want, rel=1e-5)
+        assert_close(torch.from_numpy(sess.run(None, {"x": x.numpy()})[0]), want, rel=1e-4)
+
+
+def test_axis_coords_single_point_and_official_spacing():
+    assert torch.equal(axis_coords(1, torch.float32, "cpu", "official"), torch.zeros(1))
+    assert torch.allclose(axis_coords(3, torch.float32, "cpu", "official"), torch.tensor([-0.5, 0.5, 1.5]))
+    assert torch.allclose(axis_coords(3, torch.float32, "cpu", "pixel"), torch.tensor([-1.0, 0.0, 1.0]))
+
+
 @pytest.mark.parametrize("changes", [{}, {"dwc_pe": True}, {"log_cpb": True}, {"fixed_pe": True},
                                      {"no_off": True}, {"stride": 1, "ksize": 5}])
 def test_flops_formula_matches_counter(changes):

@@ -43,10 +43,6 @@ KNOWN_EXPORT_BUGS = {
                              "input size, so a graph traced on a small map never windows (wrong on larger maps); "
                              "and where it does window with padding (P5 8x10, 10x10, 20x20) onnxruntime refuses "
                              "the static graph: Concat shape inference 'Inferred=40 Declared=28' after the block"),
-    "DAttentionBaseline": ({"layers"},
-                           "models/attention/dat.py: axis_coords' `if n == 1` and _sample_points' max(hk - 1, 1) "
-                           "are Python branches on the key-grid size, so a graph traced where the key grid "
-                           "is 1 cell wide bakes that size in (wrong at other sizes)"),
 }
 
 

@@ -14,7 +14,9 @@ strict=True. Defaults were added so a yaml may give no arguments (see `_adapt`).
   16-bit maps are grid-sampled in fp32 (results cast back to the input's dtype); softmax runs in fp32.
   bf16 output error 0.4% (2% when sampling in bf16); pos/reference of the tuple return are fp32.
 * ONNX: grid helpers are out of place and built from arange with an explicit float32 dtype (no
-  float64, no in-place ops on views). Needs opset >= 16 (GridSample).
+  float64, no in-place ops on views). Needs opset >= 16 (GridSample; class attribute `min_opset`).
+  Key-grid sizes enter as tensors (no Python branch on them), so one traced graph (dynamic ONNX,
+  TorchScript) is right at every input size, also across the 1-cell-wide key grid of H or W <= 2.
 * Reference points: `ref_align='official'` (default) keeps the official (i + 0.5)/(Hk - 1)*2 - 1,
   which is half a cell off (the last row/column lies outside the map), so official weights give
   official numbers. `ref_align='centered'` uses i/(Hk - 1)*2 - 1: the key grid spans the map corner
@@ -57,11 +59,11 @@ def axis_coords(n: int, dtype, device, mode: str) -> torch.Tensor:
     key grid); 'centered': i/(n-1)*2-1. A single point sits at 0 in every mode.
     """
     i = torch.arange(n, dtype=torch.float32, device=device)
-    if n == 1:
-        return torch.zeros_like(i).to(dtype)
-    if mode == "official":
-        i = i + 0.5
-    return (i / (n - 1) * 2.0 - 1.0).to(dtype)
+    # n - 1 as a tensor from arange's length, never a Python branch on n: a traced graph (ONNX,
+    # TorchScript; n is then a traced size) must take the right path at every size it is run at
+    span = torch.ones_like(i).sum() - 1.0
+    c = (i + 0.5 if mode == "official" else i) / span.clamp(min=1.0) * 2.0 - 1.0
+    return torch.where(span > 0, c, torch.zeros_like(c)).to(dtype)
 
 
 def grid_2d(h: int, w: int, dtype, device, mode: str) -> torch.Tensor:
@@ -89,6 +91,8 @@ def sample(inp: torch.Tensor, grid_yx: torch.Tensor) -> torch.Tensor:
 
 class DAttentionBaseline(nn.Module):
     """Deformable multi-head attention; input and output (B, n_heads*n_head_channels, H, W)."""
+
+    min_opset = 16  # ONNX GridSample (read by utils/export_checks.py)
 
     def __init__(self, q_size=(20, 20), kv_size=(20, 20), n_heads=8, n_head_channels=32, n_groups=4, attn_drop=0.0,
                  proj_drop=0.0, stride=2, offset_range_factor=2, use_pe=True, dwc_pe=False, no_off=False,
@@ -144,6 +148,16 @@ class DAttentionBaseline(nn.Module):
         return (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
     # ------------------------------------------------------------------ forward pieces
+    @staticmethod
+    def _cell_size(off: torch.Tensor) -> torch.Tensor:
+        """(1, 2, 1, 1) normalised key-cell size 1/max(Hk-1, 1), 1/max(Wk-1, 1) of the offset map.
+
+        Counted from the map (not a Python max on its size), so a traced graph stays right where the
+        key grid is 1 cell wide at one size and wider at another.
+        """
+        sizes = torch.stack((torch.ones_like(off[0, 0, :, 0]).sum(), torch.ones_like(off[0, 0, 0, :]).sum()))
+        return (1.0 / (sizes - 1.0).clamp(min=1.0)).view(1, 2, 1, 1)
+
     def _sample_points(self, q: torch.Tensor, b: int, h: int, w: int):
         """pos and reference, (B*g, Hk, Wk, 2) in (y, x) order, float32 whatever q's dtype."""
         g, cg = self.n_groups, self.n_group_channels
@@ -154,9 +168,8 @@ class DAttentionBaseline(nn.Module):
             off = self.conv_offset(q.reshape(b * g, cg, h, w)).float()  # positions in fp32 (see _sample)
             hk, wk = off.shape[2:]
             if self.offset_range_factor >= 0:  # bound offsets to `factor` key cells
-                off = off.tanh()
-                off = torch.stack((off[:, 0] * (1.0 / max(hk - 1, 1)), off[:, 1] * (1.0 / max(wk - 1, 1))), dim=1)
-                off = off * self.offset_range_factor
+                # contiguous NCHW as before: a channels-last pos changes the bf16 log_cpb Linear's rounding
+                off = (off.tanh() * self._cell_size(off) * self.offset_range_factor).contiguous()
             offset = off.permute(0, 2, 3, 1)
         ref = grid_2d(hk, wk, torch.float32, q.device, self.ref_align).unsqueeze(0).expand(b * g, hk, wk, 2)
         pos = ref if offset is None else offset + ref
