@@ -140,7 +140,9 @@ def run(weights="yolov5s.pt", source=ROOT / "data/images", imgsz=(640, 640), con
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     backend = load_backend(weights, device, half=half)
     imgsz = check_img_size([imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz), backend.stride)
-    dataset = load_source(source, imgsz, backend.stride, auto=backend.pt)
+    backend.check_imgsz(imgsz)  # a static export: --imgsz must be its size
+    # minimal (stride-multiple) padding needs a model that takes any (h, w): PyTorch or a dynamic export
+    dataset = load_source(source, imgsz, backend.stride, auto=backend.pt or backend.dynamic)
     saver = Saver(save_dir, backend.names, not nosave, save_txt, save_conf, save_crop, _check_view_img(view_img),
                   line_thickness, hide_labels, hide_conf)
     backend.warmup((1, 3, *imgsz))

@@ -9,7 +9,7 @@ The exporters are plain functions on any in-memory model:
     export_onnx(model, im, file, opset=17, dynamic=False, simplify=False) -> Path
     export_torchscript(model, im, file, optimize=False) -> Path
 Both store the model's stride and class names in the file (ONNX metadata_props; TorchScript
-_extra_files['config.txt']), which utils/backends.py reads back.
+_extra_files['config.txt']), which utils/backend.py reads back.
 """
 from __future__ import annotations
 

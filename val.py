@@ -204,7 +204,8 @@ def _dataloader(data: dict, task: str, imgsz: int, batch_size: int, backend, sin
     split = task if task in SPLITS else "val"  # speed and study time the val split
     if not data.get(split):
         raise ValueError(f"{data.get('yaml_file') or 'dataset'}: no '{split}' split to validate on")
-    pad, rect = (0.0, False) if task == "speed" else (0.5, backend.pt)
+    # rect batches need a model that takes any (h, w): PyTorch or a dynamic export
+    pad, rect = (0.0, False) if task == "speed" else (0.5, backend.pt or backend.dynamic)
     return create_dataloader(data[split], imgsz, batch_size, backend.stride, single_cls, pad=pad, rect=rect,
                              workers=workers, prefix=colorstr(f"{split}: "),
                              nc=None if single_cls else data["nc"])[0]
@@ -246,6 +247,7 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
         device, save_dir, backend, data = _standalone_setup(data, weights, device, batch_size, half, project, name,
                                                             exist_ok, save_txt, single_cls)
         imgsz = check_img_size(imgsz, backend.stride)
+        batch_size = backend.batch_size_for(batch_size, imgsz)  # a static export: its own batch and size
         backend.warmup((1, 3, imgsz, imgsz))
         dataloader = _dataloader(data, task, imgsz, batch_size, backend, single_cls, workers)
     nc = 1 if single_cls else int(data["nc"])
@@ -288,7 +290,8 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
 def parse_opt(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Validate YOLOv5 weights on a dataset split")
     p.add_argument("--data", type=str, default=str(ROOT / "data/coco128.yaml"), help="dataset.yaml path")
-    p.add_argument("--weights", nargs="+", type=str, default=["yolov5s.pt"], help="model.pt path(s)")
+    p.add_argument("--weights", nargs="+", type=str, default=["yolov5s.pt"],
+                   help="model path: .pt (several: ensemble), .onnx or .torchscript")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="inference size (pixels)")
     p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")

@@ -167,3 +167,30 @@ def test_detect_cli_video_classes_and_nosave(tmp_path, weights):
     nosave = detect.run(weights=str(weights), source=v, imgsz=64, device="cpu", nosave=True,
                         project=tmp_path / "runs", name="quiet")
     assert not list(nosave.glob("*.mp4"))
+
+
+# ------------------------------------------------------------------------------------------ exported --
+
+def test_detect_on_exported_onnx_and_torchscript(tmp_path, weights, odd_images, log_lines):
+    """Exported files go through the same load_backend: a dynamic ONNX and a TorchScript export detect on
+    72x96 pictures at --imgsz 128 (minimal padding: 96x128); a static export letterboxes to its own size and refuses
+    another --imgsz with an error naming both sizes."""
+    import export
+
+    files = export.run(weights=str(weights), imgsz=[64, 64], include=["onnx", "torchscript"], dynamic=True,
+                       out_dir=tmp_path / "dyn")
+    for f in files:
+        save_dir = detect.run(weights=str(f), source=odd_images, imgsz=128, conf_thres=0.0, max_det=5, device="cpu",
+                              save_txt=True, project=tmp_path / "runs", name=f.suffix[1:])
+        txts = sorted(save_dir.glob("labels/*.txt"))
+        assert len(txts) == 4 and len(list(save_dir.glob("*.*g"))) == 4, f.name
+        rows = np.loadtxt(txts[0], ndmin=2)
+        assert rows.shape == (5, 5) and set(rows[:, 0]) <= {0, 1} and ((rows[:, 1:] >= 0) & (rows[:, 1:] <= 1)).all()
+    assert any(" 96x128 " in line for line in log_lines)  # not the 128x128 square
+
+    static, = export.run(weights=str(weights), imgsz=[64, 64], include=["onnx"], out_dir=tmp_path / "static")
+    log_lines.clear()
+    detect.run(weights=str(static), source=odd_images, imgsz=64, device="cpu", project=tmp_path / "runs", name="st")
+    assert any(" 64x64 " in line for line in log_lines)  # full square letterbox
+    with pytest.raises(ValueError, match=r"exported for image size 64x64 .* --imgsz is 96x96"):
+        detect.run(weights=str(static), source=odd_images, imgsz=96, device="cpu", project=tmp_path / "runs")

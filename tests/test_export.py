@@ -1,4 +1,4 @@
-"""export.py and utils/backends.py: every variant exports (ONNX static + dynamic, TorchScript) and the
+"""export.py and utils/backend.py: every variant exports (ONNX static + dynamic, TorchScript) and the
 exported graphs reproduce PyTorch; metadata round-trips; bad requests are clear errors.
 
 Agreement measure: max|exported - pytorch| <= 1e-4 * max|pytorch| (max-abs over max-abs); for detections
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import export
 from models.registry import register, same_channels, unregister
 from models.yolo import Model
-from utils.backends import OnnxBackend, TorchScriptBackend, load_any, load_exported
+from utils.backend import OnnxBackend, TorchScriptBackend, load_backend
 from utils.export_checks import ExportError, required_opset
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -211,7 +211,7 @@ def test_metadata_round_trips_through_both_formats(tmp_path):
     finally:
         model.names = [str(i) for i in range(80)]
     for f in files:
-        b = load_exported(f)
+        b = load_backend(f)
         assert (b.stride, b.nc, b.names[:2], b.pt) == (32, 80, ["thing0", "thing1"], False)
 
 
@@ -244,7 +244,7 @@ def test_run_on_official_weights_matches_attempt_load(official_weights, tmp_path
     with torch.no_grad():
         want = model(im)[0]
     for f in files:
-        b = load_any(f)
+        b = load_backend(f)
         assert b.names[0] == "person" and b.stride == 32
         _assert_detections_close(b.forward(im), want, f.name)
 
@@ -351,22 +351,37 @@ def _coco8(shared_dir) -> dict:
 
 @pytest.mark.slow
 def test_val_on_exported_yolov5n_gives_the_same_map(official_weights, shared_dir, tmp_path):
-    """coco8 at 320: the dynamic ONNX and the TorchScript export score what the .pt scores (within 0.001).
-    val.py must load exported files (utils/backend.load_backend) and use rect batches for dynamic ones,
-    as it does for .pt; until it loads them this test skips."""
+    """coco8 at 320: the dynamic ONNX and the TorchScript export score what the .pt scores (within 0.001),
+    validated with rect batches as the .pt is (utils/backend.load_backend reads all three)."""
     import val
-    from utils import backend as val_backend
 
     data = _coco8(shared_dir)
     files = export.run(weights=str(official_weights), imgsz=[320, 320], include=["onnx", "torchscript"],
                        dynamic=True, out_dir=tmp_path)
-    try:
-        val_backend.load_backend(files[0], torch.device("cpu"))
-    except (NotImplementedError, ValueError) as e:
-        pytest.skip(f"val.py does not load exported weights yet: {e}")
     kw = dict(data=data, imgsz=320, batch_size=4, device="cpu", workers=0, plots=False, project=tmp_path)
     pt = val.run(weights=str(official_weights), name="pt", **kw)[0]
     assert pt[3] > 0.1  # a real mAP, not an empty comparison
     for f in files:
+        assert load_backend(f).dynamic, f"{f.name} should be a dynamic export"
         got = val.run(weights=str(f), name=f.suffix[1:], **kw)[0]
         assert abs(pt[2] - got[2]) <= 1e-3 and abs(pt[3] - got[3]) <= 1e-3, (f.name, pt[:4], got[:4])
+
+
+@pytest.mark.slow
+def test_val_on_a_static_export_uses_its_batch_and_refuses_another_size(official_weights, shared_dir, tmp_path):
+    """A static ONNX (batch 3 at 256): val takes its batch size, pads coco8's short last batch (4 images = 3 + 1)
+    and scores what the .pt scores on the same square letterboxed batches (task 'speed': no rect, no pad);
+    another --imgsz is a clear error."""
+    import val
+
+    data = _coco8(shared_dir)
+    f, = export.run(weights=str(official_weights), imgsz=[256, 256], batch_size=3, include=["onnx"], out_dir=tmp_path)
+    b = load_backend(f)
+    assert not b.dynamic and b.input_shape == (3, 3, 256, 256) and b.batch_size_for(8, 256) == 3
+    kw = dict(data=data, imgsz=256, device="cpu", workers=0, plots=False, project=tmp_path, task="speed")
+    got = val.run(weights=str(f), batch_size=8, name="onnx", **kw)[0]
+    want = val.run(weights=str(official_weights), batch_size=3, name="pt", **kw)[0]
+    assert want[3] > 0.1
+    assert abs(want[2] - got[2]) <= 1e-3 and abs(want[3] - got[3]) <= 1e-3, (want[:4], got[:4])
+    with pytest.raises(ValueError, match=r"exported for image size 256x256 .* --imgsz is 320x320"):
+        val.run(weights=str(f), batch_size=3, **{**kw, "imgsz": 320})
