@@ -104,6 +104,70 @@ def test_maps_smaller_than_window(hw):
     assert_close(y, lwa.attn(x))
 
 
+EXPORT_SIZES = [(1, 1), (5, 5), (7, 7), (8, 10), (10, 7), (14, 14), (20, 17)]
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("pad_mask", [True, False])
+@pytest.mark.parametrize("traced_hw", [(5, 5), (8, 10)])
+def test_one_traced_graph_is_right_at_every_size(traced_hw, pad_mask):
+    """Traced inside one window (5x5) or with padded windows (8x10): dynamic ONNX and TorchScript
+    must window, pad and mask as eager does at every other size (no frozen size branch)."""
+    ort = pytest.importorskip("onnxruntime")
+    import io
+
+    lwa = randomize(LocalWindowAttention(32, 8, 4, 1, 14, 7, pad_mask=pad_mask), seed=2).eval()
+    x0 = torch.randn(1, 32, *traced_hw)
+    with torch.no_grad():
+        ts = torch.jit.trace(lwa, x0, check_trace=False)
+    f = io.BytesIO()
+    torch.onnx.export(lwa, (x0,), f, opset_version=17, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    for hw in EXPORT_SIZES:
+        x = torch.randn(2, 32, *hw)
+        with torch.no_grad():
+            want = lwa(x)
+            assert_close(ts(x), want)
+        assert_close(torch.from_numpy(sess.run(None, {"x": x.numpy()})[0]), want, rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("hw", [(8, 10), (10, 10), (5, 6)])
+def test_static_onnx_runs_in_onnxruntime_and_declares_the_right_shape(hw):
+    """A padded map once made the exporter declare the padded window size (7x7) as the output shape,
+    which onnxruntime refuses in the next Concat."""
+    ort = pytest.importorskip("onnxruntime")
+    import io
+
+    class ThenConcat(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x):
+            return torch.cat((self.block(x), x), 1)
+
+    model = ThenConcat(randomize(LocalWindowAttention(32, 8, 4, 1, 14, 7))).eval()
+    x = torch.randn(1, 32, *hw)
+    f = io.BytesIO()
+    torch.onnx.export(model, (x,), f, opset_version=17, dynamo=False, input_names=["x"])
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert_close(torch.from_numpy(sess.run(None, {"x": x.numpy()})[0]), model(x), rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_cga_trace_at_resolution_is_right_at_other_sizes():
+    """Traced at H = W = resolution (where eager reads the stored index buffer), run elsewhere."""
+    cga = randomize(CascadedGroupAttention(32, 8, 4, 1, 7)).eval()
+    with torch.no_grad():
+        ts = torch.jit.trace(cga, torch.randn(1, 32, 7, 7), check_trace=False)
+        for hw in [(7, 7), (3, 9), (10, 10)]:
+            x = torch.randn(2, 32, *hw)
+            assert_close(ts(x), cga(x))
+
+
 def test_any_resolution_uses_clamped_bias():
     cga = randomize(CascadedGroupAttention(32, 8, 4, 1, 3)).eval()
     for hw in [(1, 1), (2, 5), (9, 9)]:

@@ -37,12 +37,6 @@ KNOWN_EXPORT_BUGS = {
               "models/attention/acmix.py + _local_attention.py: the traced local-attention path turns the input "
               "size into Python ints, so the graph only runs at the export size (ONNX Reshape fails in "
               "onnxruntime at another size; the TorchScript trace is shape-bound)"),
-    "LocalWindowAttention": ({"layers", "onnx_static"},
-                             "models/attention/efficientvit.py: LocalWindowAttention chooses between global "
-                             "attention (H, W <= window_resolution) and windows with a Python `if` on the "
-                             "input size, so a graph traced on a small map never windows (wrong on larger maps); "
-                             "and where it does window with padding (P5 8x10, 10x10, 20x20) onnxruntime refuses "
-                             "the static graph: Concat shape inference 'Inferred=40 Declared=28' after the block"),
 }
 
 

@@ -20,6 +20,10 @@ Class names, constructor arguments and state_dict keys follow the official
   num_heads > 1) is checked in the constructor with a clear error.
 
 Softmax runs in fp32 and is cast back, so .half()/.bfloat16() are stable. ONNX: plain ops, opset >= 11.
+Export (torch.jit.trace and the TorchScript-based ONNX exporter): LocalWindowAttention takes one
+branch-free path (always padded to whole windows with a validity mask, sizes as traced tensors) and
+the bias index is built from the traced sizes, so static and dynamic graphs are right at every size;
+eager keeps the branches above, so eager numbers are unchanged.
 """
 from __future__ import annotations
 
@@ -104,8 +108,13 @@ class CascadedGroupAttention(nn.Module):
         self.register_buffer("attention_bias_idxs", bias_index(resolution, resolution, resolution))
 
     def relative_bias(self, h: int, w: int) -> torch.Tensor:
-        """(heads, h*w, h*w) bias gathered from the live parameter (never cached)."""
-        if h == w == self.resolution:
+        """(heads, h*w, h*w) bias gathered from the live parameter (never cached).
+
+        When tracing (ONNX, TorchScript) h and w are traced sizes: the index is always built from
+        arange arithmetic on them (equal to the buffer at H = W = resolution), never chosen by a
+        Python comparison that the graph would freeze.
+        """
+        if not _tracing() and h == w == self.resolution:
             idx = self.attention_bias_idxs
         else:
             idx = bias_index(h, w, self.resolution, self.attention_biases.device)
@@ -134,6 +143,11 @@ class CascadedGroupAttention(nn.Module):
             feat = (v.flatten(2) @ attn.transpose(1, 2)).view(b, self.d, h, w)
             outs.append(feat)
         return self.proj(torch.cat(outs, dim=1))
+
+
+def _tracing() -> bool:
+    """True while torch.jit.trace or the TorchScript-based ONNX exporter records the forward."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def to_windows(x: torch.Tensor, win: int) -> torch.Tensor:
@@ -175,6 +189,8 @@ class LocalWindowAttention(nn.Module):
         return -(-h // win) * win, -(-w // win) * win
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _tracing():
+            return self._forward_traced(x)
         b, _, h, w = x.shape
         win = self.window_resolution
         if h <= win and w <= win:
@@ -190,6 +206,29 @@ class LocalWindowAttention(nn.Module):
             valid = to_windows(valid, win).repeat(b, 1, 1, 1)
         y = from_windows(self.attn(to_windows(x, win), valid), b, hp, wp)
         return y[..., :h, :w].contiguous() if padded else y
+
+    def _forward_traced(self, x: torch.Tensor) -> torch.Tensor:
+        """The eager forward without Python branches on the input size, for a graph that must be right
+        at every size it is run at (the eager branches would be frozen at the traced size).
+
+        Always pads to whole windows and passes a validity mask. A map inside one window then equals
+        the eager unpadded run (padded keys masked, padded queries zeroed before the depthwise conv,
+        cropped afterwards), and an unpadded map gets an all-true mask. With pad_mask=False the mask
+        is all true as soon as the map exceeds one window, which is the eager unmasked padding.
+        Equal to eager up to float summation order (tests: 1e-5 relative).
+        """
+        b, _, h, w = x.shape
+        win = self.window_resolution
+        hp, wp = (h + win - 1) // win * win, (w + win - 1) // win * win  # traced sizes
+        x = F.pad(x, (0, wp - w, 0, hp - h))
+        rows = torch.arange(hp, device=x.device)
+        cols = torch.arange(wp, device=x.device)
+        valid = (rows < h)[:, None] & (cols < w)[None, :]  # (hp, wp)
+        if not self.pad_mask:  # eager masks only the one-window case, where it runs unpadded
+            valid = valid | ((hp > win) | (wp > win))
+        valid = to_windows(valid[None, None].expand(b, 1, hp, wp), win)
+        y = from_windows(self.attn(to_windows(x, win), valid), b, hp, wp)
+        return y[..., :h, :w]
 
 
 # ----------------------------------------------------------------------------- FLOPs and yaml rule
