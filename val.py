@@ -1,4 +1,5 @@
-"""Validate a YOLOv5 model on a dataset split: P, R, mAP@.5 and mAP@.5:.95 as YOLOv5 v6.1 computes them.
+"""Validate a YOLOv5 model on a dataset split: P, R, mAP@.5 and mAP@.5:.95 by YOLOv5's current val rules
+(per-threshold matching, P/R at the smoothed-F1 peak; utils/metrics.py also has v6.1's variants).
 
 Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --img 640
@@ -30,11 +31,10 @@ from utils.backend import check_img_size, cpu_threads, load_backend, wrap_model 
 from utils.boxes import scale_boxes, xywh2xyxy  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
-from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class  # noqa: E402
+from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions  # noqa: E402
 from utils.nms import NMSStats, non_max_suppression  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
-from utils.val_metrics import match_per_threshold, pr_at_smoothed_f1  # noqa: E402
 from utils.val_outputs import BatchPlotter, CocoJson, save_one_txt  # noqa: E402
 
 HEADER = ("%20s" + "%11s" * 6) % ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")
@@ -102,7 +102,7 @@ def score_batch(tally: Tally, out: Outputs, preds, targets, im, paths, shapes, s
         if len(labels):
             tally.images_per_class[labels[:, 0].long().unique().cpu().numpy()] += 1
         if len(pred) or len(labels):
-            correct = match_per_threshold(predn, labelsn, tally.iouv)
+            correct = match_predictions(predn, labelsn, tally.iouv)  # re-matched per threshold, as YOLOv5 now
             tally.stats.append((correct.cpu(), pred[:, 4].cpu(), pred[:, 5].cpu(), labels[:, 0].cpu()))
         if tally.confusion is not None:
             tally.confusion.process_batch(predn, labelsn)
@@ -162,8 +162,8 @@ def summarise(tally: Tally, names: list, plots: bool, save_dir: Path) -> dict:
     stats = [torch.cat(x, 0).numpy() for x in zip(*tally.stats)]
     res["nt"] = np.bincount(stats[3].astype(np.int64), minlength=nc)
     if stats[0].any():
-        ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names)[5:]
-        p, r = pr_at_smoothed_f1(*stats)  # YOLOv5's current choice of operating point (see utils/val_metrics.py)
+        # P and R at the smoothed-F1 peak, as YOLOv5 now (see utils/metrics.py)
+        _, _, p, r, _, ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names)
         ap50, ap = ap[:, 0], ap.mean(1)
         res.update(mp=p.mean(), mr=r.mean(), map50=ap50.mean(), map=ap.mean(), p=p, r=r, ap50=ap50, ap=ap,
                    ap_class=ap_class)

@@ -1,4 +1,5 @@
-"""Metrics against numbers worked out by hand: IoUs, matching, AP/P/R (v6.1 rules), confusion matrix."""
+"""Metrics against numbers worked out by hand: IoUs, matching and the P/R operating point (YOLOv5-current
+defaults and v6.1 variants by flag), AP, confusion matrix."""
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 import torchvision
 
 from utils.metrics import (IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, bbox_iou, box_iou, compute_ap, fitness,
-                           match_predictions, process_batch)
+                           match_predictions, smooth)
 
 # ------------------------------------------------------------------------------------------- IoU --
 
@@ -83,33 +84,52 @@ DETS = torch.tensor([[0.0, 0, 10, 10, CONF[0], 0],
                      [1.0, 0, 11, 10, CONF[3], 0]])
 
 
-def test_match_predictions_by_hand():
-    correct = match_predictions(DETS, LABELS)
+@pytest.mark.parametrize("per_threshold", [True, False])
+def test_match_predictions_by_hand(per_threshold):
+    # no label has two candidates at any threshold here, so both rules agree
+    correct = match_predictions(DETS, LABELS, per_threshold=per_threshold)
     assert correct.shape == (4, 10) and correct.dtype == torch.bool
     assert correct[0].all()  # IoU 1 passes all thresholds
     # IoU 2/3 passes 0.50, 0.55, 0.60, 0.65 and fails 0.70 ... 0.95
     assert correct[1].tolist() == [True] * 4 + [False] * 6
     assert not correct[2].any() and not correct[3].any()
-    assert process_batch is match_predictions
 
 
-def test_match_predictions_class_must_agree_and_empty_inputs():
+@pytest.mark.parametrize("per_threshold", [True, False])
+def test_match_predictions_class_must_agree_and_empty_inputs(per_threshold):
     wrong_class = DETS.clone()
     wrong_class[:, 5] = 1
-    assert not match_predictions(wrong_class, LABELS).any()
-    assert match_predictions(DETS[:0], LABELS).shape == (0, 10)
-    assert not match_predictions(DETS, LABELS[:0]).any()
+    assert not match_predictions(wrong_class, LABELS, per_threshold=per_threshold).any()
+    assert match_predictions(DETS[:0], LABELS, per_threshold=per_threshold).shape == (0, 10)
+    assert not match_predictions(DETS, LABELS[:0], per_threshold=per_threshold).any()
+    # right place, wrong class: never; an exact duplicate of a matched detection: never
+    labels = torch.tensor([[1, 0.0, 0.0, 10.0, 10.0], [0, 50.0, 50.0, 60.0, 60.0]])
+    dets = torch.tensor([[0.0, 0.0, 10.0, 10.0, 0.9, 0.0], [50.0, 50.0, 60.0, 60.0, 0.8, 0.0],
+                         [50.0, 50.0, 60.0, 60.0, 0.7, 0.0]])
+    correct = match_predictions(dets, labels, per_threshold=per_threshold)
+    assert correct[1].all() and not correct[0].any() and not correct[2].any()
 
 
-def test_match_predictions_keeps_v61_label_order_quirk():
-    # One label, two detections: D0 (more confident, IoU 0.6) and D1 (IoU 0.9). v6.1's process_batch
-    # picks one pair per label in detection order after de-duplicating detections, so D0 wins.
-    label = torch.tensor([[0.0, 0, 0, 10, 10]])
-    d0 = [0.0, 0, 10, 6, 0.9, 0]  # overlap 60, union 100 -> 0.6
-    d1 = [0.0, 0, 10, 9, 0.8, 0]  # overlap 90, union 100 -> 0.9
-    correct = match_predictions(torch.tensor([d0, d1]), label)
+# One label, two detections: D0 (more confident, IoU 0.6) and D1 (IoU 0.9). Both rules pick one pair per
+# label in detection order after de-duplicating detections (v6.1 quirk), so D0 wins wherever it qualifies.
+ONE_LABEL = torch.tensor([[0.0, 0, 0, 10, 10]])
+TWO_DETS = torch.tensor([[0.0, 0, 10, 6, 0.9, 0],  # overlap 60, union 100 -> 0.6
+                         [0.0, 0, 10, 9, 0.8, 0]])  # overlap 90, union 100 -> 0.9
+
+
+def test_match_predictions_v61_single_match():
+    # v6.1: one pairing at 0.5 (D0), reused at every threshold: D1 is never credited
+    correct = match_predictions(TWO_DETS, ONE_LABEL, per_threshold=False)
     assert correct[0].tolist() == [True, True, True] + [False] * 7  # 0.6 >= 0.5, 0.55, 0.6
     assert not correct[1].any()
+
+
+def test_match_predictions_rematches_at_every_threshold():
+    # YOLOv5 now (the default): above 0.6 D0 no longer qualifies and the label goes to D1 (up to 0.9)
+    correct = match_predictions(TWO_DETS, ONE_LABEL)
+    assert correct[0].tolist() == [True] * 3 + [False] * 7
+    assert correct[1].tolist() == [False] * 3 + [True] * 6 + [False]  # 0.65 ... 0.9
+    assert correct.sum(0).max() <= 1  # one detection per label at each threshold
 
 
 # -------------------------------------------------------------------------------------------- AP --
@@ -134,7 +154,7 @@ def _ap_by_hand():
 def test_ap_per_class_by_hand():
     correct = match_predictions(DETS, LABELS).numpy()
     tp, fp, p, r, f1, ap, classes = ap_per_class(correct, DETS[:, 4].numpy(), DETS[:, 5].numpy(),
-                                                  LABELS[:, 0].numpy())
+                                                  LABELS[:, 0].numpy(), f1_smooth=0)  # v6.1's raw F1 peak
     hi, lo = _ap_by_hand()
     assert hi == pytest.approx(0.74915) and lo == pytest.approx(0.4179125)  # the arithmetic itself
     assert classes.tolist() == [0]
@@ -147,6 +167,31 @@ def test_ap_per_class_by_hand():
     assert p[0] == pytest.approx(1.0) and r[0] == pytest.approx(2 / 3)
     assert f1[0] == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
     assert tp[0] == 2 and fp[0] == 0  # round(R * 3 labels) = 2, round(2 / P - 2) = 0
+
+
+def test_smooth_keeps_constants_and_spreads_spikes():
+    y = np.full(1000, 0.3)
+    assert np.allclose(smooth(y, 0.1), 0.3) and len(smooth(y, 0.1)) == 1000
+    spike = np.zeros(1000)
+    spike[500] = 1.0
+    s = smooth(spike, 0.1)  # 101-point box filter
+    assert len(s) == 1000 and s.max() == pytest.approx(1 / 101) and math.isclose(s.sum(), 1.0, rel_tol=1e-9)
+    np.testing.assert_array_equal(smooth(spike, 0), spike)  # fraction 0: no smoothing (v6.1)
+
+
+def test_operating_point_smoothed_f1_vs_raw_peak():
+    """Class 0: 4 true detections at conf 0.9, 4 false ones at 0.1, 4 labels. On the grid, R = 1 between the
+    two confidences while P falls linearly from 1 (at 0.9) to 0.8 (at 0.1); above 0.9, R = 0. The raw F1 peak
+    sits at the grid point just below 0.9 (P within one grid step of 1); the 101-point box filter pulls
+    the peak ~0.05 lower, where P = 1 - 0.2 * 0.05 / 0.8 ~ 0.9875. AP is the same either way."""
+    tp = np.array([[1]] * 4 + [[0]] * 4, bool)
+    conf = np.array([0.9] * 4 + [0.1] * 4)
+    args = tp, conf, np.zeros(8), np.zeros(4)
+    _, _, p_raw, r_raw, _, ap_raw, _ = ap_per_class(*args, f1_smooth=0)
+    _, _, p, r, _, ap, _ = ap_per_class(*args)  # default: smoothed, as YOLOv5 now
+    assert r_raw[0] == pytest.approx(1.0) and r[0] == pytest.approx(1.0)
+    assert p_raw[0] > 0.999 and p[0] == pytest.approx(0.9875, abs=0.002)
+    np.testing.assert_array_equal(ap, ap_raw)
 
 
 def test_ap_perfect_predictions_give_v61_0995():

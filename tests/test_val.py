@@ -1,5 +1,5 @@
-"""val.py: per-threshold matching, smoothed-F1 operating point, run() standalone and from training,
-outputs (txt/json/plots), --save-hybrid giving a perfect score, the official model on coco8."""
+"""val.py: run() standalone and from training, outputs (txt/json/plots), --save-hybrid giving a perfect
+score, the official model on coco8 (the metric rules themselves are tested in test_metrics.py)."""
 import logging
 import math
 
@@ -13,9 +13,7 @@ import val
 from models.yolo import Model
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.log import LOGGER
-from utils.val_metrics import match_per_threshold, pr_at_smoothed_f1, smooth
 
-IOUV = torch.linspace(0.5, 0.95, 10)
 NAMES = ["box", "disc"]
 
 
@@ -71,53 +69,6 @@ def tiny_model():
 @pytest.fixture
 def weights(tmp_path, tiny_model):
     return save_checkpoint(make_checkpoint(tiny_model, half=False), tmp_path / "tiny.pt")
-
-
-# ------------------------------------------------------------------------------------------- metrics --
-
-def test_matching_is_redone_at_every_threshold():
-    """One label, two detections: the confident one at IoU ~0.6, the other at IoU ~0.9.
-    Matching once at 0.5 (v6.1) would never credit the second; per threshold it is the match above 0.6."""
-    labels = torch.tensor([[0, 0.0, 0.0, 100.0, 100.0]])
-    dets = torch.tensor([[0.0, 0.0, 100.0, 60.0, 0.9, 0.0],  # IoU 0.60
-                         [0.0, 0.0, 100.0, 90.0, 0.8, 0.0]])  # IoU 0.90
-    correct = match_per_threshold(dets, labels, IOUV)
-    thresholds = IOUV.tolist()
-    for k, t in enumerate(thresholds):
-        assert bool(correct[0, k]) == (t <= 0.6 + 1e-6)
-        assert bool(correct[1, k]) == (0.6 + 1e-6 < t <= 0.9 + 1e-6)
-    assert correct.sum(0).max() <= 1  # one detection per label at each threshold
-
-
-def test_matching_needs_same_class_and_enough_overlap():
-    labels = torch.tensor([[1, 0.0, 0.0, 10.0, 10.0], [0, 50.0, 50.0, 60.0, 60.0]])
-    dets = torch.tensor([[0.0, 0.0, 10.0, 10.0, 0.9, 0.0],  # right place, wrong class
-                         [50.0, 50.0, 60.0, 60.0, 0.8, 0.0],  # perfect
-                         [50.0, 50.0, 60.0, 60.0, 0.7, 0.0],  # duplicate of the perfect one
-                         [200.0, 200.0, 210.0, 210.0, 0.6, 1.0]])  # nowhere
-    correct = match_per_threshold(dets, labels, IOUV)
-    assert correct[1].all() and not correct[0].any() and not correct[2].any() and not correct[3].any()
-    assert match_per_threshold(dets[:0], labels, IOUV).shape == (0, 10)
-    assert not match_per_threshold(dets, labels[:0], IOUV).any()
-
-
-def test_smooth_keeps_constants_and_spreads_spikes():
-    y = np.full(1000, 0.3)
-    assert np.allclose(smooth(y, 0.1), 0.3) and len(smooth(y, 0.1)) == 1000
-    spike = np.zeros(1000)
-    spike[500] = 1.0
-    s = smooth(spike, 0.1)
-    assert len(s) == 1000 and s.max() < 0.02 and math.isclose(s.sum(), 1.0, rel_tol=1e-9)
-
-
-def test_pr_at_smoothed_f1_on_a_clean_split():
-    """Class 0: 4 true detections at conf 0.9, 4 false ones at 0.1, 4 labels. Raw F1 peaks on the knife
-    edge at conf 0.9 (P = R = 1); the smoothed peak sits just below it: R stays 1, P barely drops."""
-    tp = np.array([[1]] * 4 + [[0]] * 4, bool)
-    conf = np.array([0.9] * 4 + [0.1] * 4)
-    p, r = pr_at_smoothed_f1(tp, conf, np.zeros(8), np.zeros(4))
-    assert p.shape == r.shape == (1,)
-    assert r[0] == pytest.approx(1.0) and 0.95 < p[0] < 1.0
 
 
 # ----------------------------------------------------------------------------------------------- run --

@@ -1,7 +1,13 @@
-"""Validation metrics as YOLOv5 v6.1 computes them: IoUs, prediction/label matching, per-class AP,
-fitness and the confusion matrix.
+"""Validation metrics: IoUs, prediction/label matching, per-class AP, fitness and the confusion matrix.
 
-The numbers must equal v6.1's, so a few of its quirks are kept on purpose and marked "v6.1 quirk".
+Defaults follow YOLOv5's current val.py, whose figures the official coco128 numbers are (640 px mAP50-95
+0.3499, 320 px 0.2907); flags give v6.1's variants, which differ in two places:
+- matching: per_threshold=True re-matches predictions and labels greedily at each of the 10 IoU thresholds;
+  v6.1 (per_threshold=False) matched once at IoU 0.5 and reused that pairing at 0.55..0.95, which
+  under-counts mAP50-95 by ~0.009 on coco128;
+- the P/R operating point: f1_smooth=0.1 reads P and R where the class-mean F1, smoothed by a box filter
+  of 10% of the confidence grid, peaks; v6.1 (f1_smooth=0) took the raw, noisier peak.
+mAP50 is the same either way. A few other v6.1 quirks are kept on purpose and marked "v6.1 quirk".
 Plots live in utils/metric_plots.py and are imported only when asked for.
 """
 from __future__ import annotations
@@ -82,7 +88,7 @@ def _greedy_pairs(pairs: np.ndarray, relabel_sort: bool) -> np.ndarray:
     """Keep one pair per detection and one per label from rows [label, detection, iou].
 
     Rows are sorted by IoU (descending) and the best row per detection kept. That step leaves the
-    rows ordered by detection index. v6.1 quirk (val's process_batch): it does NOT re-sort by IoU
+    rows ordered by detection index. v6.1 quirk, kept by YOLOv5 since (val's matching): it does NOT re-sort by IoU
     before picking one row per label, so a label goes to its lowest-index (= most confident)
     candidate, not its best-IoU one. The confusion matrix does re-sort (relabel_sort=True).
     """
@@ -95,31 +101,37 @@ def _greedy_pairs(pairs: np.ndarray, relabel_sort: bool) -> np.ndarray:
     return pairs[np.unique(pairs[:, 0], return_index=True)[1]]
 
 
-def match_predictions(detections: torch.Tensor, labels: torch.Tensor,
-                      iouv: torch.Tensor | None = None) -> torch.Tensor:
-    """Which detections are correct at each IoU threshold, as v6.1's val.process_batch decides.
+def match_predictions(detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor | None = None,
+                      per_threshold: bool = True) -> torch.Tensor:
+    """Which detections are correct at each IoU threshold -> bool (N, len(iouv)) on iouv's device.
 
-    detections (N, 6) [x1, y1, x2, y2, conf, cls]; labels (M, 5) [cls, x1, y1, x2, y2], same pixel
-    space. Returns a bool tensor (N, len(iouv)) on iouv's device. Pairs with the same class and
-    IoU >= iouv[0] are matched greedily once (see _greedy_pairs); a matched detection is then correct
-    at every threshold its IoU reaches (v6.1 does not re-match per threshold).
+    detections (N, 6) [x1, y1, x2, y2, conf, cls]; labels (M, 5) [cls, x1, y1, x2, y2], same pixel space.
+    Only same-class pairs with IoU >= the threshold count, paired one to one by _greedy_pairs.
+    per_threshold=True (YOLOv5 now): the pairing is redone at every threshold, so a label taken at 0.5
+    by a confident loose detection can go to a tighter one at 0.7. False (v6.1's process_batch): one
+    pairing at iouv[0]; a matched detection is correct at every threshold its IoU reaches.
     """
     iouv = IOU_THRESHOLDS.to(detections.device) if iouv is None else iouv
-    correct = torch.zeros(detections.shape[0], iouv.shape[0], dtype=torch.bool, device=iouv.device)
+    correct = torch.zeros(detections.shape[0], iouv.shape[0], dtype=torch.bool)
     if detections.shape[0] == 0 or labels.shape[0] == 0:
-        return correct
+        return correct.to(iouv.device)
     iou = box_iou(labels[:, 1:].float(), detections[:, :4].float())
-    same_class = labels[:, 0:1] == detections[:, 5]
-    li, di = torch.nonzero((iou >= iouv[0]) & same_class, as_tuple=True)
+    li, di = torch.nonzero((iou >= iouv[0]) & (labels[:, 0:1] == detections[:, 5]), as_tuple=True)
     if li.numel() == 0:
-        return correct
-    pairs = torch.stack((li.float(), di.float(), iou[li, di]), 1).cpu().numpy()
-    pairs = torch.from_numpy(_greedy_pairs(pairs, relabel_sort=False)).to(iouv.device)
-    correct[pairs[:, 1].long()] = pairs[:, 2:3] >= iouv
-    return correct
-
-
-process_batch = match_predictions  # v6.1's name, for val.py
+        return correct.to(iouv.device)
+    # float64 rows hold the float32 IoUs exactly, so comparing them with the thresholds is exact too
+    pairs = torch.stack((li.double(), di.double(), iou[li, di].double()), 1).cpu().numpy()
+    thresholds = torch.as_tensor(iouv).cpu().double()
+    if not per_threshold:
+        pairs = torch.from_numpy(_greedy_pairs(pairs, relabel_sort=False))
+        correct[pairs[:, 1].long()] = pairs[:, 2:3] >= thresholds
+        return correct.to(iouv.device)
+    for k, t in enumerate(thresholds.tolist()):
+        kept = pairs[pairs[:, 2] >= t]
+        if not len(kept):
+            break  # thresholds only grow
+        correct[_greedy_pairs(kept, relabel_sort=False)[:, 1].astype(np.int64), k] = True
+    return correct.to(iouv.device)
 
 
 # ------------------------------------------------------------------------------------------ AP --
@@ -151,13 +163,23 @@ def _names_of(names, classes: np.ndarray) -> dict[int, str]:
     return {i: str(table.get(int(c), int(c))) for i, c in enumerate(classes)} if table else {}
 
 
-def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names=(), eps=1e-16):
-    """Per-class AP, P, R and F1 as v6.1 computes them.
+def smooth(y: np.ndarray, fraction: float = 0.05) -> np.ndarray:
+    """Box filter over `fraction` of the points (odd width; fraction 0 -> width 1, no change), the ends
+    padded with the end values so the output has len(y) points."""
+    nf = round(len(y) * fraction * 2) // 2 + 1
+    edge = np.ones(nf // 2)
+    padded = np.concatenate((edge * y[0], y, edge * y[-1]))
+    return np.convolve(padded, np.ones(nf) / nf, mode="valid")
+
+
+def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names=(), eps=1e-16, f1_smooth=0.1):
+    """Per-class AP, and P, R and F1 at one operating point.
 
     tp (n, 10) bool per prediction and IoU threshold; conf (n,); pred_cls (n,); target_cls (m,) the
     class of every label. Only classes that have labels are reported (in sorted order).
-    Returns (tp, fp, p, r, f1, ap, unique_classes): tp/fp/p/r/f1 (k,) at the single confidence where
-    the class-mean F1 is highest (no smoothing, as in v6.1), ap (k, 10), unique_classes (k,) int32.
+    Returns (tp, fp, p, r, f1, ap, unique_classes): tp/fp/p/r/f1 (k,) at the single confidence where the
+    class-mean F1 (IoU 0.5), smoothed over `f1_smooth` of the 1000-point confidence grid, peaks
+    (0.1: YOLOv5 now; 0: v6.1's raw peak); ap (k, 10); unique_classes (k,) int32.
     plot=True writes PR_curve.png, F1_curve.png, P_curve.png, R_curve.png into save_dir.
     """
     tp, conf, pred_cls, target_cls = (_numpy(a) for a in (tp, conf, pred_cls, target_cls))
@@ -194,7 +216,7 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
     f1 = 2 * p * r / (p + r + eps)
     if plot:
         _plot_curves(px, py, ap, f1, p, r, Path(save_dir), _names_of(names, unique_classes))
-    best = f1.mean(0).argmax()
+    best = smooth(f1.mean(0), f1_smooth).argmax()
     p, r, f1 = p[:, best], r[:, best], f1[:, best]
     tp_count = (r * nt).round()
     fp_count = (tp_count / (p + eps) - tp_count).round()
