@@ -147,3 +147,18 @@ def test_official_yolov5n_on_coco8_agrees_with_pycocotools(tmp_path, shared_dir,
     coco_map, coco_map50 = coco_evaluate(d / "yolov5n_gt.json", d / "yolov5n_predictions.json")
     assert r[3] > 0.2, "the official model should find most of coco8's objects"
     assert abs(coco_map - r[3]) < 0.02 and abs(coco_map50 - r[2]) < 0.02
+
+
+def test_load_backend_refuses_unknown_formats_and_mixed_ensembles(tmp_path, weights):
+    from utils.backend import load_backend
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match=r"m\.engine: weights format '\.engine' is not supported"):
+        load_backend(tmp_path / "m.engine", cpu)
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        load_backend(tmp_path / "missing.onnx", cpu)
+    with pytest.raises(ValueError, match="an ensemble needs .pt weights"):
+        load_backend([weights, tmp_path / "m.onnx"], cpu)
+    b = load_backend(weights, cpu)
+    assert (b.pt, b.dynamic, b.input_shape, b.nc, b.names) == (True, True, (None, 3, None, None), 2, NAMES)
+    assert b.batch_size_for(5, 96) == 5 and b.forward(torch.zeros(1, 3, 64, 96)).shape[-1] == 7
