@@ -268,6 +268,43 @@ def test_onnx_export_opset12_matches(tmp_path):
         _close(torch.from_numpy(y), m(x))
 
 
+@pytest.mark.parametrize("cfg,bhw", CONFIGS + [((16, 16, 3, 2, 3, 1, 2), (2, 9, 11))])  # + dilation 2
+def test_export_path_equals_fast_path(cfg, bhw):
+    """The traceable attention (used when tracing/exporting) equals the eager fast path, 1e-5 relative."""
+    ours = _ours_from(_randomised_ref(*cfg), *cfg).eval()
+    x = torch.randn(bhw[0], cfg[0], *bhw[1:])
+    b, _, h, w = x.shape
+    with torch.no_grad():
+        qkv = nn.functional.conv2d(x, torch.cat((ours.conv1.weight, ours.conv2.weight, ours.conv3.weight)),
+                                   torch.cat((ours.conv1.bias, ours.conv2.bias, ours.conv3.bias)))
+        _close(ours._attention_traceable(qkv, b, h, w), ours._attention(qkv, b, h, w))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("traced_hw", [(2, 2), (8, 8)])
+def test_one_traced_graph_is_right_at_every_size(traced_hw, stride):
+    """Dynamic ONNX and TorchScript traced at one size (2x2: padding 3 beyond the side; 8x8: ordinary)
+    reproduce eager at others, tiny maps included (the reflection is gathered, not F.pad)."""
+    ort = pytest.importorskip("onnxruntime")
+    import io
+
+    m = _ours_from(_randomised_ref(16, 16, 7, 4, 3, stride), 16, 16, 7, 4, 3, stride).eval()
+    x0 = torch.randn(1, 16, *traced_hw)
+    with torch.no_grad():
+        ts = torch.jit.trace(m, x0, check_trace=False)
+    f = io.BytesIO()
+    torch.onnx.export(m, (x0,), f, opset_version=17, dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
+    sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    for hw in [(1, 1), (2, 3), (8, 8), (13, 17)]:
+        x = torch.randn(2, 16, *hw)
+        with torch.no_grad():
+            want = m(x)
+            _close(ts(x), want)
+        _close(torch.from_numpy(sess.run(None, {"x": x.numpy()})[0]), want, rel=1e-4)
+
+
 def test_yaml_rule_keeps_channels_and_checks_head():
     from models.registry import LayerContext, ModelConfigError
     spec = REGISTRY["ACmix"]

@@ -33,10 +33,6 @@ STATIC_SIZE = (1, 256, 320)  # P5 2x2 at export, then 6x4 and 10x7: size-depende
 # Non-strict xfails, because the owners are fixing them: a fixed block shows up as XPASS in the summary,
 # and its entry should then be removed so the check guards it again.
 KNOWN_EXPORT_BUGS = {
-    "ACmix": ({"onnx_dynamic", "torchscript", "layers"},
-              "models/attention/acmix.py + _local_attention.py: the traced local-attention path turns the input "
-              "size into Python ints, so the graph only runs at the export size (ONNX Reshape fails in "
-              "onnxruntime at another size; the TorchScript trace is shape-bound)"),
 }
 
 

@@ -10,6 +10,11 @@ weights are saved for backward, which is written out below instead of being reco
 
 Layout: q is (Ho, Wo, N, d), k and v are (H, W, N, d) contiguous, N = batch*heads, d = head_dim.
 Borders are reflected (see `reflect_index`), the window may be dilated and strided.
+
+The fast path turns sizes into Python ints (window geometry, loops), so a traced graph of it would
+only run at the traced size. `local_attention_traceable` is the same math for torch.jit.trace and
+ONNX export: the unfold formulation (reflect-gathered borders, k^2 strided slices, one softmax)
+with every size taken from the traced tensors, right at any H, W >= 1 (also pad >= side).
 """
 from __future__ import annotations
 
@@ -28,9 +33,10 @@ def reflect_index(n: int, pad: int, device=None) -> torch.Tensor:
     element, so any size works.
     """
     i = torch.arange(-pad, n + pad, device=device)
-    if n == 1:
-        return torch.zeros_like(i)
-    period = 2 * (n - 1)
+    # no Python branch on n (a traced size when exporting): a period clamped to 1 maps every index
+    # of a length-1 axis to 0
+    n = torch.as_tensor(n, device=device)
+    period = (2 * (n - 1)).clamp(min=1)
     m = torch.remainder(i, period)
     return torch.where(m < n, m, period - m)
 
@@ -187,3 +193,26 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: i
     if torch.jit.is_tracing():  # ONNX / TorchScript tracing records the plain forward ops
         return _attend(q, k, v, g)[0]
     return LocalAttention.apply(q, k, v, g)
+
+
+def local_attention_traceable(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: int, stride: int = 1,
+                              dilation: int = 1) -> torch.Tensor:
+    """The `local_attention` math for tracing/export. q (N, d, Ho, Wo), k and v (N, d, H, W); (N, d, Ho, Wo).
+
+    Sizes stay traced tensors: borders come from `reflect_index` gathers (numpy-'reflect' also for
+    pad >= side, as the fast path), each of the kernel^2 window cells is a strided slice of the
+    padded map, and the softmax runs over the stacked cells in fp32 for 16-bit inputs. Memory is
+    that of the official unfold (kernel^2 copies of k and v), which only an export pays.
+    """
+    h, w = k.shape[-2:]
+    pad = (dilation * (kernel - 1) + 1) // 2
+    rows, cols = reflect_index(h, pad, k.device), reflect_index(w, pad, k.device)
+
+    def cells(t):  # (N, d, kernel^2, Ho, Wo): the window cells of every output position
+        t = t.index_select(2, rows).index_select(3, cols)
+        return torch.stack([t[:, :, dy * dilation:dy * dilation + h:stride, dx * dilation:dx * dilation + w:stride]
+                            for dy in range(kernel) for dx in range(kernel)], dim=2)
+
+    logits = (q.unsqueeze(2) * cells(k)).sum(1)  # (N, kernel^2, Ho, Wo)
+    attn = logits.softmax(1, dtype=_wide(q.dtype)).to(q.dtype)
+    return (attn.unsqueeze(1) * cells(v)).sum(2)

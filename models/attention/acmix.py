@@ -14,8 +14,12 @@ a fix of an official failure (outputs are equal, to float rounding, wherever the
   the pe term q.(pe_q - pe_n) becomes q.(k - pe)_n because q.pe_q is the same for every neighbour n
   and cancels in the softmax; the three 1x1 projections run as one conv.
 
-ONNX: exports with the TorchScript exporter from opset 11 (12 checked, onnxruntime error ~2e-7) with
-static input sizes (the window indices are traced as constants); no float64 constants, no grid_sample.
+Export: under torch.jit.trace and the TorchScript-based ONNX exporter the attention branch takes
+`_attention_traceable` (the unfold formulation with traced sizes; equal to the fast path to float
+rounding, 1e-5 tested), so static and dynamic ONNX and TorchScript graphs are right at every input
+size, also maps not larger than the padding (the reflection indices are gathered, not F.pad). Eager
+training and inference keep the fast path. Opset 11 and up (12 and 17 checked); no float64
+constants, no grid_sample.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.attention._local_attention import local_attention
+from models.attention._local_attention import local_attention, local_attention_traceable
 from models.registry import register, same_channels
 
 __all__ = ["ACmix"]
@@ -37,9 +41,9 @@ def position_grid(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
     Built from arange arithmetic in float32 (no float64 constant for ONNX), then cast; it matches the
     official linspace to a few ULP.
     """
-    def axis(n):
-        step = 2.0 / (n - 1) if n > 1 else 0.0
-        return torch.arange(n, device=like.device, dtype=torch.float32) * step - 1.0
+    def axis(n):  # no Python branch on n (a traced size when exporting); n = 1 gives -1 whatever the step
+        i = torch.arange(n, device=like.device, dtype=torch.float32)
+        return i * (2.0 / (torch.ones_like(i).sum() - 1.0).clamp(min=1.0)) - 1.0
 
     xs = axis(w).view(1, w).expand(h, w)
     ys = axis(h).view(h, 1).expand(h, w)
@@ -119,6 +123,8 @@ class ACmix(nn.Module):
         return self.rate1 * out_att + self.rate2 * out_conv
 
     def _attention(self, qkv, b, h, w):
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self._attention_traceable(qkv, b, h, w)
         head, d, s = self.head, self.head_dim, self.stride
         # (3, H, W, B*head, d): per position the (batch, head) rows contiguous, as local_attention wants
         q, k, v = qkv.reshape(b, 3, head, d, h, w).permute(1, 4, 5, 0, 2, 3).reshape(3, h, w, b * head, d).unbind(0)
@@ -128,6 +134,17 @@ class ACmix(nn.Module):
         out = local_attention(q, k, v, self.kernel_att, s, self.dilation)  # (Ho, Wo, B*head, d)
         ho, wo = out.shape[:2]
         return out.view(ho, wo, b, head, d).permute(2, 3, 4, 0, 1).reshape(b, self.out_planes, ho, wo)
+
+    def _attention_traceable(self, qkv, b, h, w):
+        """`_attention` for tracing/export: same math in NCHW with traced sizes (see local_attention_traceable)."""
+        head, d, s = self.head, self.head_dim, self.stride
+        q, k, v = qkv.reshape(b, 3, head * d, h, w).unbind(1)  # channels head-major, as in _attention
+        k = (k.reshape(b, head, d, h, w) - self.conv_p(position_grid(h, w, qkv)).unsqueeze(1)).reshape(b * head, d, h, w)
+        q = q[..., ::s, ::s] * d ** -0.5
+        ho, wo = q.shape[-2:]
+        out = local_attention_traceable(q.reshape(b * head, d, ho, wo), k, v.reshape(b * head, d, h, w),
+                                        self.kernel_att, s, self.dilation)
+        return out.reshape(b, self.out_planes, ho, wo)
 
     def _convolution(self, qkv, b, h, w):
         kc2 = self.kernel_conv ** 2
