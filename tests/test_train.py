@@ -1,8 +1,10 @@
 """train.run end to end at tiny sizes: artifacts, stripped checkpoints, resume equivalence, transfer, freeze, NaN guard."""
 import csv
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import train
 from utils.callbacks import Callbacks
@@ -33,7 +35,7 @@ def rows(csv_path):
 
 
 def test_default_run_smoke_artifacts_and_stripped_weights(tiny_data, tmp_path):
-    opts = {**TINY, "cfg": None, "weights": None}  # the embedded default model and weights
+    opts = {k: v for k, v in TINY.items() if k not in ("cfg", "weights")}  # the embedded default model, from scratch
     results = train.run(data=tiny_data, epochs=1, project=str(tmp_path), name="exp", **opts)
     assert len(results) == 7 and all(isinstance(x, float) for x in results)
     d = tmp_path / "exp"
@@ -49,6 +51,20 @@ def test_default_run_smoke_artifacts_and_stripped_weights(tiny_data, tmp_path):
     assert ck["optimizer"] is None and ck["ema"] is None and ck["epoch"] == -1
     assert all(v.dtype == torch.float16 for v in ck["state_dict"].values() if v.is_floating_point())
     assert ck["yaml"]["yaml_file"] == train.default_cfg()
+    saved = yaml.safe_load((d / "opt.yaml").read_text())
+    assert saved["weights"] == "" and saved["optimizer"] == "SGD"  # not the demo data: the general defaults
+
+
+def test_defaults_train_the_demo_from_scratch_without_shared_files():
+    opt = train.fill_defaults(train.parse_opt(argv=[]))
+    assert opt.weights == "" and opt.cfg == train.default_cfg()
+    assert Path(opt.data).name == "shapes.yaml" and Path(opt.hyp).name == "hyp.shapes-demo.yaml"
+    assert opt.optimizer == train.DEMO_OPTIMIZER and opt.noval is True  # the demo validates once, at the end
+    assert "shared" not in {*Path(opt.data).parts, *Path(opt.hyp).parts}
+    other = train.fill_defaults(train.parse_opt(argv=["--data", "coco128.yaml", "--weights", "x.pt"]))
+    assert other.cfg is None and other.optimizer == "SGD" and Path(other.hyp).name == "hyp.scratch-low.yaml"
+    assert other.noval is False
+    assert train.fill_defaults(train.parse_opt(argv=["--no-noval"])).noval is False
 
 
 class CrashAfterFirstSave(RuntimeError):

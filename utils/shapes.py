@@ -1,7 +1,7 @@
 """A synthetic detection set of rendered shapes, generated deterministically on first use (no download).
 
 Each image has a smooth random-colour background with noise and unlabelled distractor lines, and
-0-8 shapes of 6 classes with random colours, sizes (about 12-120 px), rotations and partial overlaps
+0-8 shapes of 6 classes with random colours, sizes (about 24-120 px), rotations and partial overlaps
 (no earlier shape loses more than 40% of its area). Boxes are exact: the min/max of the very polygon
 that is rasterised. Each image is seeded by (seed, split, index), so the set never depends on order.
 """
@@ -16,7 +16,8 @@ import numpy as np
 
 from utils.log import LOGGER
 
-GENERATOR_VERSION = 2  # 2: boxes measured from pixel edges (+0.5)
+GENERATOR_VERSION = 3  # 2: boxes measured from pixel edges (+0.5); 3: objects >= ~24 px, 0-3 distractor lines
+R_MIN, R_MAX = 12, 60  # shape "radius" range in pixels (log-uniform): >= ~12 px objects at the 128 px demo size
 NAMES = ["circle", "square", "triangle", "star", "cross", "ellipse"]
 DEFAULTS = dict(n_train=400, n_val=100, imgsz=256, seed=0)
 SHIFT = 4  # fixed-point bits for cv2.fillPoly: sub-pixel vertices
@@ -51,7 +52,7 @@ def _polygon(cls: int, r: float, angle: float, rng) -> np.ndarray:
 def _background(rng, size: int) -> np.ndarray:
     grid = rng.integers(0, 256, (rng.integers(2, 7), rng.integers(2, 7), 3)).astype(np.uint8)
     bg = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
-    for _ in range(rng.integers(0, 7)):  # unlabelled distractor lines
+    for _ in range(rng.integers(0, 4)):  # unlabelled distractor lines
         p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
         color = rng.integers(0, 256, 3).tolist()
         cv2.line(bg, tuple(map(int, p1)), tuple(map(int, p2)), color, int(rng.integers(1, 4)), cv2.LINE_AA)
@@ -76,7 +77,7 @@ def _render_image(rng, size: int):
         if len(rows) == n_obj:
             break
         cls = int(rng.integers(len(NAMES)))
-        r = float(np.exp(rng.uniform(math.log(6), math.log(60))))
+        r = float(np.exp(rng.uniform(math.log(R_MIN), math.log(R_MAX))))
         pts = _polygon(cls, r, rng.uniform(0, 2 * math.pi), rng)
         lo, hi = pts.min(0), pts.max(0)
         if (hi - lo).max() >= size - 2:
