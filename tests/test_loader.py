@@ -102,6 +102,30 @@ def test_same_seed_same_batches_with_persistent_workers(images):
     assert not all(torch.equal(x[0], y[0]) for x, y in zip(a[:2], a[2:4]))  # epochs differ
 
 
+def epoch_batches(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return [(b[0].clone(), b[1].clone(), b[2]) for b in loader]
+
+
+def same_batches(a, b):
+    return len(a) == len(b) and all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) and x[2] == y[2]
+                                    for x, y in zip(a, b))
+
+
+def test_augmentation_does_not_depend_on_worker_count_or_history(images):
+    """Each item is augmented from (seed, epoch, index): 0 or 2 workers, fresh or persistent, same batches."""
+    hyp = {**HYP, "mixup": 0.5}  # mosaic and mixup draw extra images: they too must come from the item's seed
+    make = lambda workers: create_dataloader(str(images), 64, 2, 32, hyp=hyp, augment=True, workers=workers,
+                                             shuffle=True, seed=5)[0]
+    single, multi = make(0), make(2)
+    assert multi.num_workers == min(2, os.cpu_count()) and multi.persistent_workers
+    e0, e1 = epoch_batches(single, 0), epoch_batches(single, 1)
+    assert same_batches(e0, epoch_batches(multi, 0))
+    assert same_batches(e1, epoch_batches(multi, 1))  # persistent workers, second epoch
+    assert same_batches(e1, epoch_batches(make(2), 1))  # a resumed run starts straight at epoch 1
+    assert not same_batches(e0, e1)
+
+
 def test_cache_ram_and_disk_give_the_same_images(images):
     plain = create_dataloader(str(images), 64, 6, 32, workers=0)[0]
     ram_loader, ram = create_dataloader(str(images), 64, 6, 32, workers=0, cache="ram")
@@ -118,9 +142,11 @@ def test_ddp_sampler(images, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         loader, ds = create_dataloader(str(images), 64, 2, 32, rank=0, workers=0, shuffle=True)
-        assert type(loader.sampler).__name__ == "DistributedSampler"
+        assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
         loader.sampler.set_epoch(1)
         assert sum(b[0].shape[0] for b in loader) == ds.n
+        pairs = list(loader.sampler)
+        assert sorted(i for i, _ in pairs) == list(range(ds.n)) and {e for _, e in pairs} == {1}
     finally:
         dist.destroy_process_group()
 

@@ -81,8 +81,10 @@ def crash_after_epoch0():
     return cb
 
 
-def test_resume_gives_identical_weights_and_metrics(tiny_data, tmp_path):
-    common = dict(data=tiny_data, epochs=2, project=str(tmp_path), noplots=True, **TINY)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_gives_identical_weights_and_metrics(tiny_data, tmp_path, workers):
+    """1 epoch + resume + 1 epoch == 2 epochs, also with persistent augmenting workers."""
+    common = dict(data=tiny_data, epochs=2, project=str(tmp_path), noplots=True, **{**TINY, "workers": workers})
     train.run(name="straight", **common)
     with pytest.raises(CrashAfterFirstSave):
         train.run(name="crashed", callbacks=crash_after_epoch0(), **common)

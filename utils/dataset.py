@@ -46,7 +46,8 @@ def rect_batch_shapes(shapes_wh, batch_size, img_size, stride, pad):
 class LoadImagesAndLabels(Dataset):
     def __init__(self, path, img_size=640, batch_size=16, augment=False, hyp=None, rect=False,
                  image_weights=False, cache_images=None, single_cls=False, stride=32, pad=0.0, prefix="",
-                 nc=None):
+                 nc=None, seed=0):
+        self.seed = seed  # with the epoch and index, fixes an item's augmentation (see __getitem__)
         self.img_size, self.augment, self.stride, self.path = img_size, augment, stride, path
         self.hyp = hyp if hyp is not None or not augment else yaml.safe_load(DEFAULT_HYP.read_text())
         self.image_weights = image_weights
@@ -206,7 +207,19 @@ class LoadImagesAndLabels(Dataset):
                                              scale=h_["scale"], shear=h_["shear"], perspective=h_["perspective"])
         return img, labels, ((h0, w0), ((h / h0, w / w0), pad))
 
+    def seed_item(self, epoch, index):
+        """Reseed random and numpy from (seed, epoch, index): augmentation is then the same whichever
+        worker loads the item and whatever it loaded before (mosaic's extra images included)."""
+        s = np.random.SeedSequence([self.seed % 2**32, epoch % 2**32, index]).generate_state(2)
+        random.seed(int(s[0]))
+        np.random.seed(int(s[1]))
+
     def __getitem__(self, index):
+        """index: an int (global RNG as is), or (index, epoch) from the loader's sampler (reseeded first)."""
+        if isinstance(index, tuple):
+            index, epoch = index
+            if self.augment:
+                self.seed_item(epoch, index)
         hyp = self.hyp
         if self.mosaic and random.random() < hyp["mosaic"]:
             img, labels = self.load_mosaic(index)

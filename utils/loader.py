@@ -1,10 +1,13 @@
-"""create_dataloader: YOLOv5's loader factory, with persistent seeded workers.
+"""create_dataloader: YOLOv5's loader factory, with persistent workers and worker-independent augmentation.
 
 Workers persist across epochs (DataLoader persistent_workers) so each epoch does not pay the start-up.
-Batches are reproducible for a given seed: the shuffle order comes from a seeded torch Generator and
-each worker seeds numpy/random from torch's per-worker seed. `--image-weights` works with persistent
-workers because the sampler (main process) reads `dataset.indices` each epoch, so train.py may keep
-reassigning `dataset.indices = random.choices(...)` as in YOLOv5.
+Batches are a function of (seed, epoch) alone, whatever the number of workers and whatever ran before:
+the sampler shuffles with a generator seeded from (seed, epoch) and yields `(index, epoch)` pairs, and the
+dataset reseeds Python's `random` and numpy from (seed, epoch, index) before augmenting each item. So a
+resumed run sees exactly the batches an uninterrupted one would. train.py calls `sampler.set_epoch(e)`;
+a loader iterated without it advances one epoch per pass. `--image-weights` works with persistent workers
+because the sampler (main process) reads `dataset.indices` each epoch, so train.py may keep reassigning
+`dataset.indices = random.choices(...)` as in YOLOv5.
 """
 import os
 import random
@@ -24,11 +27,17 @@ PIN_MEMORY = str(os.getenv("PIN_MEMORY", True)).lower() == "true"
 SEED_OFFSET = 6148914691236517205  # a large odd constant so seed 0 is not a weak generator state
 
 
-class EpochIndexSampler(Sampler):
-    """Yields dataset.indices (read fresh every epoch, main process), optionally in a seeded random order."""
+def mix_seed(*values) -> int:
+    """A well-mixed 32-bit seed from non-negative ints (seed, epoch, ...); nearby inputs give unrelated seeds."""
+    return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(1)[0])
 
-    def __init__(self, dataset, shuffle=False, generator=None):
-        self.dataset, self.shuffle, self.generator = dataset, shuffle, generator
+
+class EpochIndexSampler(Sampler):
+    """Yields (index, epoch) over dataset.indices (read fresh every epoch, main process), optionally shuffled
+    by a generator seeded from (seed, epoch) alone, so the order never depends on earlier epochs."""
+
+    def __init__(self, dataset, shuffle=False, seed=0):
+        self.dataset, self.shuffle, self.seed = dataset, shuffle, seed
         self.epoch = 0
 
     def set_epoch(self, epoch):  # same call as DistributedSampler, so train.py need not branch
@@ -37,16 +46,28 @@ class EpochIndexSampler(Sampler):
     def __len__(self):
         return len(self.dataset.indices)
 
-    def __iter__(self):
+    def __iter__(self):  # a generator: the epoch is taken when iteration starts, not when iter() is called
+        epoch = self.epoch
+        self.epoch += 1  # without a set_epoch() call the next pass is the next epoch
         indices = list(self.dataset.indices)
         if self.shuffle:
-            order = torch.randperm(len(indices), generator=self.generator).tolist()
-            indices = [indices[i] for i in order]
-        return iter(indices)
+            g = torch.Generator().manual_seed(mix_seed(SEED_OFFSET, self.seed, epoch))
+            indices = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
+        for i in indices:
+            yield i, epoch
+
+
+class DistributedEpochSampler(DistributedSampler):
+    """DistributedSampler (order from seed and set_epoch) yielding (index, epoch) pairs."""
+
+    def __iter__(self):
+        epoch = self.epoch
+        for i in super().__iter__():
+            yield i, epoch
 
 
 def seed_worker(worker_id):
-    """Seed numpy/random from torch's per-worker seed; keep OpenCV single-threaded inside workers."""
+    """Seed numpy/random for items fetched by a plain index; keep OpenCV single-threaded inside workers."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -89,16 +110,16 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     with distributed_zero_first(rank):
         dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
                                       image_weights=image_weights, cache_images=cache, single_cls=single_cls,
-                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc)
+                                      stride=int(stride), pad=pad, prefix=prefix, nc=nc, seed=seed)
     batch_size = min(batch_size, len(dataset))
     n_dev = max(torch.cuda.device_count(), 1)
     nw = min((os.cpu_count() or 1) // n_dev, batch_size if batch_size > 1 else 0, workers)
-    generator = torch.Generator()
+    generator = torch.Generator()  # only the workers' base seed (plain-index items) comes from it
     generator.manual_seed(SEED_OFFSET + seed + max(rank, 0))
     if rank == -1:
-        sampler = EpochIndexSampler(dataset, shuffle, generator)
+        sampler = EpochIndexSampler(dataset, shuffle, seed)
     else:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+        sampler = DistributedEpochSampler(dataset, shuffle=shuffle, seed=seed)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=nw,
                         pin_memory=PIN_MEMORY and torch.cuda.is_available(), collate_fn=collate_fn,
                         worker_init_fn=seed_worker, generator=generator, persistent_workers=nw > 0)
