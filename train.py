@@ -576,16 +576,6 @@ def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
     return new
 
 
-def fit_cpu_threads(device: torch.device) -> None:
-    """On a CPU already busier than its cores, one intra-op thread per process beats oversubscription."""
-    if device.type != "cpu" or not hasattr(os, "getloadavg") or "OMP_NUM_THREADS" in os.environ:
-        return
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if torch.get_num_threads() > 1 and load >= cores:
-        LOGGER.info(f"CPU busy (load {load:.1f} on {cores} cores): using 1 intra-op thread (set OMP_NUM_THREADS to override)")
-        torch.set_num_threads(1)
-
-
 def setup_ddp(opt: argparse.Namespace) -> torch.device:
     if LOCAL_RANK == -1:
         return select_device(opt.device, batch_size=opt.batch_size)
@@ -622,7 +612,6 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:
         opt = fill_defaults(opt)
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
     device = setup_ddp(opt)
-    fit_cpu_threads(device)
     try:
         return train(Run(opt, device, callbacks or Callbacks()))
     finally:

@@ -40,3 +40,11 @@ def coco128_dir(shared_dir) -> Path:
     if not (p / "images").is_dir():
         pytest.skip(f"{p} is not present")
     return p
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each worker is a process of its own: one intra-op thread each keeps the
+    # 2-core CI machine from oversubscribing (tests that want more threads set them themselves).
+    if os.getenv("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(1)

@@ -5,6 +5,7 @@ Each image has a smooth random-colour background with noise and unlabelled distr
 (no earlier shape loses more than 40% of its area). Boxes are exact: the min/max of the very polygon
 that is rasterised. Each image is seeded by (seed, split, index), so the set never depends on order.
 """
+import fcntl
 import json
 import math
 import shutil
@@ -155,6 +156,13 @@ def ensure_generated(kind: str, root, **params) -> Path:
     """Generate the synthetic set `kind` into root unless an up-to-date copy is already there."""
     if kind != "shapes":
         raise ValueError(f"unknown synthetic dataset generator '{kind}' (known: shapes)")
-    if not is_current(root, **params):
-        generate_shapes(root, **{**DEFAULTS, **params})
-    return Path(root)
+    root = Path(root)
+    if is_current(root, **params):
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (DDP ranks, parallel test workers) may ask at once: one generates, the rest wait.
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_current(root, **params):
+            generate_shapes(root, **{**DEFAULTS, **params})
+    return root
