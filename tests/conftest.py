@@ -42,6 +42,37 @@ def coco128_dir(shared_dir) -> Path:
     return p
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: two OpenMP threads on 2 shared cores can stall badly; one is also deterministic."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def log_lines():
+    """Messages the project's LOGGER emits during the test, as plain strings."""
+    import logging
+
+    from utils.log import LOGGER
+
+    class Capture(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    handler = Capture()
+    LOGGER.addHandler(handler)
+    yield handler.lines
+    LOGGER.removeHandler(handler)
+
+
 def pytest_configure(config):
     # Under pytest-xdist each worker is a process of its own: one intra-op thread each keeps the
     # 2-core CI machine from oversubscribing (tests that want more threads set them themselves).

@@ -24,13 +24,7 @@ YAMLS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "models").
 LOW_PRECISION = (torch.float16, torch.bfloat16)  # CPU fp16 conv/bmm/softmax all run in this torch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on the shared 2-core machine can stall badly; one is faster and deterministic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def build(name: str, c: int) -> nn.Module:

@@ -1,6 +1,5 @@
 """detect.py and its sources: every source kind, odd image formats, unreadable files, outputs, --view-img
 without a display, the annotator and crops."""
-import logging
 
 import cv2
 import numpy as np
@@ -11,27 +10,11 @@ import detect
 from models.yolo import Model
 from utils.annotate import Annotator, display_available, save_one_box
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.log import LOGGER
 from utils.sources import LoadStreams, expand_source, load_source, read_image
 
 NAMES = ["box", "disc"]
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def log_lines():
-    h = _Capture()
-    LOGGER.addHandler(h)
-    yield h.lines
-    LOGGER.removeHandler(h)
 
 
 @pytest.fixture(scope="module")

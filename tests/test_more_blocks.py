@@ -39,13 +39,7 @@ SPEC_PARAMS = {
 SPEC_PARAMS_AT_64 = {"PSA_s": 7064, "Sea_Attention": 81920, "CAB": 24599, "ECA": 3, "eca_layer": 3}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids oversubscribing the shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _ctx(name: str, c: int, args=None) -> LayerContext:

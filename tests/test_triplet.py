@@ -10,13 +10,7 @@ from utils.flops import count_flops
 GATES = {"ChannelGateH": "cw", "ChannelGateW": "hc", "SpatialGate": "hw"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on the shared 2-core machine can stall badly; one is faster and deterministic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _randomised_ref(no_spatial=False):

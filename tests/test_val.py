@@ -1,6 +1,5 @@
 """val.py: run() standalone and from training, outputs (txt/json/plots), --save-hybrid giving a perfect
 score, the official model on coco8 (the metric rules themselves are tested in test_metrics.py)."""
-import logging
 import math
 
 import cv2
@@ -12,26 +11,10 @@ import yaml
 import val
 from models.yolo import Model
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.log import LOGGER
 
 NAMES = ["box", "disc"]
 
 
-class _Capture(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def log_lines():
-    h = _Capture()
-    LOGGER.addHandler(h)
-    yield h.lines
-    LOGGER.removeHandler(h)
 
 
 def make_dataset(root, n=6, seed=0):
