@@ -145,6 +145,24 @@ def test_every_yaml_builds_and_trains_a_step_at_every_scale(yaml_name, scale):
         assert all(g is not None and torch.isfinite(g).all() for g in grads), f"{cfg}: missing/non-finite grads"
 
 
+@pytest.mark.parametrize("yaml_name", YAMLS)
+def test_every_yaml_trains_at_real_input_sizes(yaml_name):
+    """Scale n at the sizes training and val really use: 640, 320 (batch 2, bf16 autocast), 640x384."""
+    from models.yolo import Model
+    cfg = yaml_name.replace("yolov5_", "yolov5n_")
+    torch.manual_seed(0)
+    model = Model(cfg).train()
+    for (h, w), batch, bf16 in (((640, 640), 1, False), ((320, 320), 2, True), ((384, 640), 1, False)):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outs = model(torch.randn(batch, 3, h, w))
+            loss = sum((o.float() ** 2).mean() for o in outs)
+        assert [tuple(o.shape[:4]) for o in outs] == [(batch, 3, h // s, w // s) for s in (8, 16, 32)]
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), \
+            f"{cfg} at {h}x{w}: missing or non-finite gradients"
+
+
 def _rows(name):
     import yaml
     d = yaml.safe_load((Path(__file__).resolve().parents[1] / "models" / name).read_text())
