@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.attention.coordatt import h_sigmoid  # the same parameter-free hard sigmoid
 from models.registry import same_channels, register
 
 __all__ = ["Sea_Attention"]
@@ -61,15 +62,6 @@ class SqueezeAxialPositionalEmbedding(nn.Module):
     def forward(self, x):  # x: (B, C, N)
         pos = F.interpolate(self.pos_embed.to(x.dtype), size=x.shape[-1], mode="linear", align_corners=False)
         return x + pos
-
-
-class h_sigmoid(nn.Module):  # noqa: N801
-    def __init__(self, inplace=True):
-        super().__init__()
-        self.relu = nn.ReLU6(inplace=inplace)
-
-    def forward(self, x):
-        return self.relu(x + 3) / 6
 
 
 def _adapt(ctx, args, kwargs):
