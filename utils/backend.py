@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from utils.log import LOGGER
+from utils.tv_ops import load_torchvision_ops
 
 SUFFIXES = (".pt", ".onnx", ".torchscript")
 
@@ -185,8 +186,8 @@ class TorchScriptBackend(_ExportedBackend):
     """torch.jit.load of a traced model (or the lite interpreter for --optimize exports)."""
 
     def __init__(self, path, device=torch.device("cpu")):
-        try:  # traced D-LKA graphs call torchvision::deform_conv2d, registered on import
-            import torchvision  # noqa: F401
+        try:  # traced D-LKA graphs call torchvision::deform_conv2d
+            load_torchvision_ops()
         except ImportError:
             pass
         path = Path(path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torchvision.ops  # noqa: F401  (registers torchvision::deform_conv2d for the rule below)
 from torch.utils.flop_counter import FlopCounterMode
 
 from utils.log import LOGGER
@@ -36,9 +35,16 @@ def _deform_conv_flops(input_shape, weight_shape, offset_shape, *args, out_shape
 
 EXTRA_RULES = {
     aten.grid_sampler_2d: _grid_sampler_flops,
-    # the op packet, not .default: FlopCounterMode looks rules up by overload packet
-    torch.ops.torchvision.deform_conv2d: _deform_conv_flops,
 }
+
+
+def _rules(extra: dict | None) -> dict:
+    rules = dict(EXTRA_RULES)
+    try:  # only when torchvision's ops are loaded (else no deformable conv can run); the op packet, not .default
+        rules[torch.ops.torchvision.deform_conv2d] = _deform_conv_flops
+    except (AttributeError, RuntimeError):
+        pass
+    return {**rules, **(extra or {})}
 
 
 def count_flops(model: nn.Module, inputs, extra_rules: dict | None = None) -> int:
@@ -47,7 +53,7 @@ def count_flops(model: nn.Module, inputs, extra_rules: dict | None = None) -> in
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={**EXTRA_RULES, **(extra_rules or {})}) as fc:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_rules(extra_rules)) as fc:
             model(*inputs)
     finally:
         model.train(was_training)

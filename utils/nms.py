@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchvision
 
 from utils.boxes import xywh2xyxy
 from utils.log import LOGGER
+from utils.tv_ops import batched_nms
 
 MIN_WH, MAX_WH = 2, 7680  # pixels; v6.1 drops boxes whose width or height is outside [MIN_WH, MAX_WH]
 MAX_NMS = 30000  # most candidate boxes per image handed to torchvision's nms
@@ -93,7 +93,7 @@ def _one_image(x, lb, nc, conf_thres, iou_thres, classes, agnostic, multi_label,
     if not det.shape[0]:
         return det
     groups = torch.zeros_like(det[:, 5]) if agnostic else det[:, 5]
-    keep = torchvision.ops.batched_nms(det[:, :4], det[:, 4], groups, iou_thres)  # sorted by score
+    keep = batched_nms(det[:, :4], det[:, 4], groups, iou_thres)  # sorted by score
     if keep.shape[0] > max_det:
         st.over_max_det += 1
         st.detections_cut += keep.shape[0] - max_det

@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import DeformConv2d, deform_conv2d
 
 from models.registry import same_channels, register
 
@@ -51,6 +50,7 @@ class DeformConv(nn.Module):
         super().__init__()
         self.offset_net = nn.Conv2d(in_channels, 2 * kernel_size[0] * kernel_size[1], kernel_size=kernel_size,
                                     padding=padding, stride=stride, dilation=dilation, bias=True)
+        from torchvision.ops import DeformConv2d  # imported on use: the package import is slow (utils/tv_ops.py)
         self.deform_conv = DeformConv2d(in_channels, in_channels, kernel_size=kernel_size, padding=padding,
                                         groups=groups, stride=stride, dilation=dilation, bias=False)
 
@@ -64,6 +64,7 @@ class DeformConv(nn.Module):
         if x.dtype == torch.bfloat16 or offsets.dtype != x.dtype:
             # torchvision has no bf16 kernel, and under autocast the offsets come out bf16 while x is fp32:
             # run the deformable conv in fp32 outside autocast and cast back to the input's dtype.
+            from torchvision.ops import deform_conv2d
             with torch.autocast(x.device.type, enabled=False):
                 out = deform_conv2d(x.float(), offsets.float(), dc.weight.float(), None, dc.stride, dc.padding,
                                     dc.dilation)
