@@ -31,7 +31,7 @@ def _load_one(w: str | Path, device, inplace: bool, fuse: bool) -> Model:
             m.inplace = inplace
     model.inplace = inplace
     if fuse:
-        model.fuse()
+        model.fuse(flops=False)  # a weights load should not pay for a FLOP count (models/yolo.py prints it)
     return model.to(select_device(device)) if device is not None else model
 
 

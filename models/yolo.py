@@ -257,15 +257,19 @@ class Model(nn.Module):
         return y
 
     # ------------------------------------------------------------------ utilities
-    def fuse(self):
-        """Fold every Conv's BatchNorm into its conv (inference only)."""
+    def fuse(self, flops: bool = True):
+        """Fold every Conv's BatchNorm into its conv (inference only), then print the summary.
+
+        flops=False leaves GFLOPs out of that summary: counting them imports torch's compiler stack and runs a
+        640 forward (~3 s on 2 CPU cores), too much for every weights load in val/detect.
+        """
         LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
             if isinstance(m, (Conv, DWConv)) and hasattr(m, "bn"):
                 m.conv = fuse_conv_and_bn(m.conv, m.bn)
                 delattr(m, "bn")
                 m.forward = m.forward_fuse
-        self.info()
+        self.info(imgsz=640 if flops else None)
         return self
 
     def info(self, verbose=False, imgsz=640):

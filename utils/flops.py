@@ -75,6 +75,14 @@ def model_gflops(model: nn.Module, imgsz=640) -> tuple[float | None, str]:
         return None, f"{type(e).__name__}: {e}"
 
 
+def _gflops_text(model: nn.Module, imgsz) -> str:
+    gflops, why = model_gflops(model, imgsz)
+    size = imgsz if isinstance(imgsz, int) else "x".join(str(s) for s in imgsz[:2])
+    if gflops is None:
+        return f", GFLOPs n/a at {size} ({why})"
+    return f", {gflops:.1f} GFLOPs" + ("" if size in (640, "640x640") else f" at {size}")
+
+
 def model_info(model: nn.Module, verbose: bool = False, imgsz=640) -> str:
     """Print and return `Model Summary: L layers, P parameters, G gradients, F GFLOPs` (v6.1 format)."""
     n_p = sum(p.numel() for p in model.parameters())
@@ -84,12 +92,7 @@ def model_info(model: nn.Module, verbose: bool = False, imgsz=640) -> str:
         LOGGER.info(f"{'layer':>5} {'name':>40} {'gradient':>9} {'parameters':>12} {'shape':>20}")
         for i, (name, p) in enumerate(model.named_parameters()):
             LOGGER.info(f"{i:5g} {name:>40} {str(p.requires_grad):>9} {p.numel():12g} {str(list(p.shape)):>20}")
-    gflops, why = model_gflops(model, imgsz)
-    size = imgsz if isinstance(imgsz, int) else "x".join(str(s) for s in imgsz[:2])
-    if gflops is None:
-        fl = f", GFLOPs n/a at {size} ({why})"
-    else:
-        fl = f", {gflops:.1f} GFLOPs" + ("" if size in (640, "640x640") else f" at {size}")
+    fl = "" if imgsz is None else _gflops_text(model, imgsz)  # imgsz=None: parameters only, no FLOP count
     line = f"Model Summary: {n_layers} layers, {n_p} parameters, {n_g} gradients{fl}"
     LOGGER.info(line)
     return line
