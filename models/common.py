@@ -6,6 +6,8 @@ models/attention/ and are re-exported at the bottom of this file.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -41,7 +43,6 @@ class DWConv(Conv):
     """Depthwise-style conv: groups = gcd(c1, c2)."""
 
     def __init__(self, c1, c2, k=1, s=1, act=True):
-        import math
         super().__init__(c1, c2, k, s, g=math.gcd(c1, c2), act=act)
 
 
