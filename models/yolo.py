@@ -27,7 +27,11 @@ from utils.torch_utils import fuse_conv_and_bn, initialize_weights, scale_img  #
 
 @register(build=detect_head())
 class Detect(nn.Module):
-    """Per level a 1x1 conv to na*(nc+5) outputs; in eval mode decodes boxes to input pixels."""
+    """Per level a 1x1 conv to na*(nc+5) outputs; in eval mode decodes boxes to input pixels.
+
+    Training mode returns per level the (bs, na, ny, nx, no) maps as v6.1 does, but as permuted views
+    of the conv outputs (not contiguous): the loss only indexes them.
+    """
     stride = None  # set by Model from a probe forward
     export = False  # export mode returns only the decoded tensor
 
@@ -48,9 +52,10 @@ class Detect(nn.Module):
         for i in range(self.nl):
             x[i] = self.m[i](x[i])
             bs, _, ny, nx = x[i].shape
-            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
-            if self.training:
+            x[i] = x[i].view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2)
+            if self.training:  # a view: copying it (v6.1's .contiguous()) costs a full pass each way
                 continue
+            x[i] = x[i].contiguous()
             if self.grid[i].shape[2:4] != (ny, nx) or self.grid[i].dtype != x[i].dtype or self.grid[i].device != x[i].device:
                 self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i, x[i])
             y = x[i].sigmoid()

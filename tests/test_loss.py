@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from models.yolo import Detect
-from utils.loss import ComputeLoss, FocalLoss, scale_hyp_gains, smooth_bce
+from utils.loss import ComputeLoss, FocalLoss, ObjectnessAndMatched, scale_hyp_gains, smooth_bce
 
 HYP = dict(box=0.05, obj=1.0, cls=0.5, cls_pw=1.0, obj_pw=1.0, anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0)
 STRIDES = (8.0, 16.0, 32.0)
@@ -157,3 +157,36 @@ def test_v61_gain_scaling():
     h4 = scale_hyp_gains(dict(box=0.05, cls=0.5, obj=1.0), nc=80, nl=4, imgsz=640)
     assert h4["box"] == pytest.approx(0.05 * 3 / 4) and h4["obj"] == pytest.approx(0.75)
     assert math.isclose(h4["cls"], 0.5 * 3 / 4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_head_split_gradient_equals_plain_indexing(channels_last):
+    """The single-buffer gradient of (pi[..., 4], pi[b, a, gj, gi]) is autograd's, repeated cells included,
+    and it comes back in the conv output's own layout (no copy through the head's permute)."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    conv_out = torch.randn(2, 3 * 7, 5, 6, dtype=torch.double).contiguous(memory_format=fmt).requires_grad_()
+    b, a, gj, gi = (torch.tensor(v) for v in ([0, 1, 1, 1], [0, 2, 2, 1], [1, 4, 4, 0], [2, 5, 5, 3]))
+    w_obj, w_matched = torch.randn(2, 3, 5, 6, dtype=torch.double), torch.randn(4, 7, dtype=torch.double)
+    grads = []
+    for split in (ObjectnessAndMatched.apply, lambda pi, *idx: (pi[..., 4], pi[idx])):
+        pi = conv_out.view(2, 3, 7, 5, 6).permute(0, 1, 3, 4, 2)
+        obj, matched = split(pi, b, a, gj, gi)
+        (grad,) = torch.autograd.grad((obj * w_obj).sum() + (matched * w_matched).sum(), conv_out)
+        grads.append(grad)
+    assert torch.equal(grads[0], grads[1])
+    assert grads[0].is_contiguous(memory_format=fmt)
+    none = torch.zeros(0, dtype=torch.long)
+    pi = conv_out.view(2, 3, 7, 5, 6).permute(0, 1, 3, 4, 2)
+    obj, matched = ObjectnessAndMatched.apply(pi, none, none, none, none)  # no targets at this level
+    (grad,) = torch.autograd.grad(obj.sum(), conv_out)
+    assert matched.shape == (0, 7) and grad.sum() == 2 * 3 * 5 * 6
+
+
+def test_training_head_returns_views_with_v61_shapes():
+    det = Detect(2, [[8, 8, 80, 80, 160, 160]] * 3, ch=(4, 4, 4)).train()
+    xs = [torch.randn(2, 4, 8 // 2 ** i, 8 // 2 ** i) for i in range(3)]
+    out = det(list(xs))
+    for i, o in enumerate(out):
+        ref = det.m[i](xs[i]).view(2, 3, 7, *xs[i].shape[2:]).permute(0, 1, 3, 4, 2).contiguous()
+        assert o.shape == ref.shape and torch.equal(o, ref)

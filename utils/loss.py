@@ -52,6 +52,33 @@ class FocalLoss(nn.Module):
         return loss.sum() if self.reduction == "sum" else loss
 
 
+class ObjectnessAndMatched(torch.autograd.Function):
+    """pi -> (pi[..., 4], pi[b, a, gj, gi]) with a single gradient buffer laid out like pi.
+
+    Autograd would give each of the two selections its own zero-filled full-size gradient, add them,
+    and then copy the sum into the conv output's memory layout: four passes over the largest tensor
+    of the step. Here the gradient is written once, with pi's strides, so it flows back through the
+    head's permute and view without a copy.
+    """
+
+    @staticmethod
+    def forward(ctx, pi, b, a, gj, gi):
+        ctx.save_for_backward(b, a, gj, gi)
+        like = torch.empty_like(pi, device="meta")  # pi's strides when dense, else contiguous; no memory
+        ctx.size, ctx.strides, ctx.dtype, ctx.device = like.size(), like.stride(), pi.dtype, pi.device
+        return pi[..., 4].clone(), pi[b, a, gj, gi]
+
+    @staticmethod
+    def backward(ctx, g_obj, g_matched):
+        b, a, gj, gi = ctx.saved_tensors
+        grad = torch.empty_strided(ctx.size, ctx.strides, dtype=ctx.dtype, device=ctx.device).zero_()
+        if g_obj is not None:
+            grad[..., 4] = g_obj
+        if g_matched is not None and b.shape[0]:
+            grad.index_put_((b, a, gj, gi), g_matched, accumulate=True)  # a cell may hold several targets
+        return grad, None, None, None, None
+
+
 class ComputeLoss:
     """loss, items = ComputeLoss(model)(preds, targets); items = (box, obj, cls) detached."""
 
@@ -81,8 +108,8 @@ class ComputeLoss:
         for i, pi in enumerate(preds):
             b, a, gj, gi = indices[i]
             tobj = torch.zeros(pi.shape[:4], device=device, dtype=pi.dtype)
+            pobj, ps = ObjectnessAndMatched.apply(pi, b, a, gj, gi)
             if b.shape[0]:
-                ps = pi[b, a, gj, gi]  # predictions at the matched cells, (n, 5 + nc)
                 iou = self._box_iou(ps, tbox[i], anchors[i])
                 lbox += (1.0 - iou).mean()
                 tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * iou.detach().clamp(0).to(tobj.dtype)
@@ -90,7 +117,7 @@ class ComputeLoss:
                     t = torch.full_like(ps[:, 5:], self.cn)
                     t[torch.arange(b.shape[0], device=device), tcls[i]] = self.cp
                     lcls += self.bce_cls(ps[:, 5:], t)
-            lobj += self.bce_obj(pi[..., 4], tobj) * self.balance[i]
+            lobj += self.bce_obj(pobj, tobj) * self.balance[i]
         lbox *= self.hyp["box"]
         lobj *= self.hyp["obj"]
         lcls *= self.hyp["cls"]
