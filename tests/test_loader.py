@@ -126,6 +126,25 @@ def test_augmentation_does_not_depend_on_worker_count_or_history(images):
     assert not same_batches(e0, e1)
 
 
+def test_continuous_loader_gives_the_epoch_by_epoch_batches(images):
+    """One endless iterator (train.py's, so workers prefetch across epochs) = per-epoch passes, batch for batch;
+    6 images in batches of 4 end each epoch with a short batch that must not borrow from the next."""
+    hyp = {**HYP, "mixup": 0.5}
+    per_epoch = create_dataloader(str(images), 64, 4, 32, hyp=hyp, augment=True, workers=0, shuffle=True, seed=5)[0]
+    loader = create_dataloader(str(images), 64, 4, 32, hyp=hyp, augment=True, workers=2, shuffle=True, seed=5,
+                               continuous=True)[0]
+    nb = len(loader)
+    assert nb == len(per_epoch) == 2 and loader.persistent_workers
+    loader.batch_sampler.start_epoch = 1  # a resumed run
+    it = iter(loader)
+    for epoch in (1, 2):
+        got = [(b[0].clone(), b[1].clone(), b[2]) for b in (next(it) for _ in range(nb))]
+        assert [len(b[2]) for b in got] == [4, 2]
+        assert same_batches(got, epoch_batches(per_epoch, epoch))
+    with pytest.raises(ValueError, match="image-weights"):
+        create_dataloader(str(images), 64, 2, 32, hyp=hyp, augment=True, workers=0, image_weights=True, continuous=True)
+
+
 def test_cache_ram_and_disk_give_the_same_images(images):
     plain = create_dataloader(str(images), 64, 6, 32, workers=0)[0]
     ram_loader, ram = create_dataloader(str(images), 64, 6, 32, workers=0, cache="ram")
