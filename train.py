@@ -12,6 +12,7 @@ Phases, top to bottom: setup -> data -> model -> optimizer -> loop -> final vali
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import random
@@ -41,6 +42,7 @@ from utils.autoanchor import check_anchors  # noqa: E402
 from utils.checkpoint import (load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint,  # noqa: E402
                               strip_optimizer)
 from utils.callbacks import Callbacks, TrainLoggers  # noqa: E402
+from utils.cpu_alloc import keep_freed_memory  # noqa: E402
 from utils.results import RESULT_KEYS  # noqa: E402
 from utils.dataset_yaml import check_dataset  # noqa: E402
 from utils.early_stopping import EarlyStopping  # noqa: E402
@@ -52,7 +54,7 @@ from utils.metrics import fitness  # noqa: E402
 from utils.optim import (NOMINAL_BATCH, accumulate_steps, apply_warmup, build_optimizer, build_scheduler,  # noqa: E402
                          scaled_weight_decay, warmup_iters)
 from utils.run_dirs import increment_path, latest_run  # noqa: E402
-from utils.torch_utils import de_parallel, select_device  # noqa: E402
+from utils.torch_utils import de_parallel, out_of_place_activations, select_device  # noqa: E402
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))
 RANK = int(os.getenv("RANK", -1))
 WORLD_SIZE = int(os.getenv("WORLD_SIZE", 1))
@@ -131,6 +133,7 @@ class Run:
     lf: Any = None
     scaler: Any = None
     train_loader: Any = None
+    batches: Any = None  # one iterator over a continuous train loader for the whole run (None: per epoch)
     dataset: Any = None
     val_loader: Any = None
     compute_loss: ComputeLoss = None
@@ -237,6 +240,7 @@ def build_model(run: Run) -> None:
     run.hyp = scale_hyp_gains(hyp, nc, det.nl, opt.imgsz)
     run.hyp["label_smoothing"] = opt.label_smoothing
     model.nc, model.hyp, model.names = nc, run.hyp, list(run.data["names"])
+    out_of_place_activations(model)
     run.model = model.to(run.device)
 
 
@@ -258,7 +262,7 @@ def build_data(run: Run) -> None:
     run.train_loader, run.dataset = create_dataloader(
         data["train"], opt.imgsz, bs, run.gs, opt.single_cls, hyp=hyp, augment=True, cache=opt.cache, rect=opt.rect,
         rank=LOCAL_RANK, workers=opt.workers, image_weights=opt.image_weights, prefix=colorstr("train: "),
-        shuffle=True, seed=opt.seed, nc=nc_check)
+        shuffle=True, seed=opt.seed, nc=nc_check, continuous=not opt.image_weights)
     if run.main:
         run.val_loader = create_dataloader(
             data["val"], opt.imgsz, bs * 2, run.gs, opt.single_cls, hyp=hyp, cache=None if opt.noval else opt.cache,
@@ -402,7 +406,8 @@ def train_one_epoch(run: Run, epoch: int, nb: int, nw: int) -> tuple[torch.Tenso
     pbar = progress(run, nb) if run.main else None
     run.callbacks.run("on_train_epoch_start", epoch)
     run.optimizer.zero_grad()
-    for i, (imgs, targets, paths, _) in enumerate(run.train_loader):
+    batches = run.train_loader if run.batches is None else itertools.islice(run.batches, nb)
+    for i, (imgs, targets, paths, _) in enumerate(batches):
         ni = i + nb * epoch  # integrated batches since the start of training
         imgs = imgs.to(run.device, non_blocking=True).float() / 255
         if run.channels_last:
@@ -520,12 +525,21 @@ def train_loop(run: Run) -> None:
                 f"Using {run.train_loader.num_workers} dataloader workers\n"
                 f"Logging results to {colorstr('bold', str(run.save_dir))}\n"
                 f"Starting training for {opt.epochs} epochs...")
+    from utils.loader import EpochBatches
+    run.callbacks.run("on_train_start")
+    batch_sampler = run.train_loader.batch_sampler
+    if isinstance(batch_sampler, EpochBatches):
+        batch_sampler.start_epoch = run.start_epoch
+        run.batches = iter(run.train_loader)  # starts the workers
+    if run.device.type == "cpu":  # after the fork: the workers keep glibc's defaults and their small RSS
+        keep_freed_memory()  # no page faults for activations after the first step (utils/cpu_alloc.py)
     for epoch in range(run.start_epoch, opt.epochs):
         mloss, lrs = train_one_epoch(run, epoch, nb, nw)
         run.scheduler.step()
         stop = end_of_epoch(run, epoch, mloss, lrs, stopper) if run.main else False
         if broadcast_flag(stop):
             break
+    run.batches = None  # stops the workers (they may be prefetching an epoch that will not come)
 
 
 # ----------------------------------------------------------------------------------------- phase 6: final validation
