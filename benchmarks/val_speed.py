@@ -4,19 +4,27 @@ pre-process / inference / NMS split, plus the metrics it printed (so speed never
 Usage:
     python benchmarks/val_speed.py --weights ../shared/weights/yolov5n.pt --data data/coco128.yaml
     python benchmarks/val_speed.py --runs 3 --img 320 -- --device cpu      # args after -- go to val.py
+    python benchmarks/val_speed.py --runs 3 --official ../yolov5-v7.0      # side by side, alternating
 
-The machine's load average is printed before and after each run: on a shared machine the figures
-are only comparable between runs taken under similar load.
+The speed of this 2-core VM drifts by +-20% within minutes, so the official figure quoted in issue 6
+is no reference for a run on another day. --official runs an official YOLOv5 checkout's val.py
+(through benchmarks/official_yolov5.py) on a private copy of the dataset, alternating with ours run
+by run, and the ratio of the medians is printed. The load average is printed with each run.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import shutil
+import statistics
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEED = re.compile(r"Speed: ([\d.]+)ms pre-process, ([\d.]+)ms inference, ([\d.]+)ms NMS per image")
@@ -50,21 +58,48 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--runs", type=int, default=1, help="repeat and report each run and the fastest")
     p.add_argument("--project", default="/tmp/val_speed_runs", help="where val.py writes its run folders")
+    p.add_argument("--official", nargs="*", default=[], help="official YOLOv5 checkouts to time side by side")
     opt = p.parse_args(argv)
-    cmd = [sys.executable, str(ROOT / "val.py"), "--weights", opt.weights, "--data", opt.data, "--img", str(opt.img),
-           "--batch", str(opt.batch), "--project", opt.project, *extra]
-    print("command:", " ".join(cmd))
-    results = []
-    for i in range(opt.runs):
-        r = one_run(cmd)
-        results.append(r)
-        print(f"run {i + 1}: {r['wall']:.1f} s end to end, {r['ips']:.2f} images/s; per image "
-              f"{r['split'][0]:.1f} ms pre-process, {r['split'][1]:.1f} ms inference, {r['split'][2]:.1f} ms NMS; "
-              f"P {r['metrics'][0]:.3g} R {r['metrics'][1]:.3g} mAP50 {r['metrics'][2]:.3g} "
-              f"mAP50-95 {r['metrics'][3]:.3g}; load average {r['load'][0]:.1f} -> {r['load'][1]:.1f}")
-    best = min(results, key=lambda r: r["wall"])
-    print(f"fastest: {best['wall']:.1f} s ({best['ips']:.2f} images/s) on {os.cpu_count()} CPU cores")
+    args = ["--weights", opt.weights, "--img", str(opt.img), "--batch", str(opt.batch), "--project", opt.project, *extra]
+    commands = {"ours": [sys.executable, str(ROOT / "val.py"), "--data", opt.data, *args]}
+    with tempfile.TemporaryDirectory() as tmp:
+        if opt.official:
+            data = private_dataset_copy(opt.data, Path(tmp))
+            for repo in opt.official:
+                commands[Path(repo).name] = [sys.executable, str(ROOT / "benchmarks" / "official_yolov5.py"),
+                                             "--repo", str(Path(repo).resolve()), "val.py", "--data", str(data), *args]
+        for name, cmd in commands.items():
+            print(f"{name}: {' '.join(cmd)}")
+        results = {name: [] for name in commands}
+        for i in range(opt.runs):
+            for name, cmd in commands.items():
+                r = one_run(cmd)
+                results[name].append(r)
+                print(f"run {i + 1} {name}: {r['wall']:.1f} s end to end, {r['ips']:.2f} images/s; per image "
+                      f"{r['split'][0]:.1f} ms pre-process, {r['split'][1]:.1f} ms inference, {r['split'][2]:.1f} ms "
+                      f"NMS; P {r['metrics'][0]:.4g} R {r['metrics'][1]:.4g} mAP50 {r['metrics'][2]:.4g} mAP50-95 "
+                      f"{r['metrics'][3]:.4g}; load average {r['load'][0]:.1f} -> {r['load'][1]:.1f}", flush=True)
+    medians = {name: statistics.median(r["wall"] for r in rs) for name, rs in results.items()}
+    print(f"\nmedian end to end over {opt.runs} run(s) on {os.cpu_count()} CPU cores:")
+    for name, wall in medians.items():
+        ratios = "".join(f", {medians[ref] / wall:.2f}x vs {ref}" for ref in medians if ref != name and name == "ours")
+        print(f"  {name:>12}: {wall:5.1f} s ({results[name][0]['images'] / wall:.2f} images/s){ratios}")
     return results
+
+
+def private_dataset_copy(data_yaml: str, tmp: Path) -> Path:
+    """The dataset yaml with its root copied under tmp: official code writes label caches beside the labels."""
+    sys.path.insert(0, str(ROOT))
+    from utils.dataset_yaml import check_dataset
+    data = check_dataset(data_yaml)
+    root = Path(data["path"])
+    shutil.copytree(root, tmp / root.name, ignore=shutil.ignore_patterns("*.cache"))
+    out = {k: data[k] for k in ("train", "val", "nc", "names") if k in data}
+    for split in ("train", "val"):
+        out[split] = str(tmp / root.name / Path(out[split]).relative_to(root))
+    path = tmp / "data.yaml"
+    path.write_text(yaml.safe_dump(out))
+    return path
 
 
 if __name__ == "__main__":
