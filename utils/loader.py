@@ -72,7 +72,7 @@ class EpochBatches(Sampler):
     A persistent iterator over a loader built on this keeps its workers going across epoch boundaries:
     they prefetch the next epoch's first batches while the main process finishes the current one,
     instead of idling there and making the next epoch's first step wait (~0.1 s an epoch at coco128/320,
-    and a slower first steps while they catch up). `len()` is the batches per epoch. The epoch is set on
+    and slower first steps while they catch up). `len()` is the batches per epoch. The epoch is set on
     the wrapped sampler before each pass, so the batches are the same as epoch-by-epoch iteration gives.
     """
 
