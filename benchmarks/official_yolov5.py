@@ -85,6 +85,14 @@ def _font_dir() -> None:
     os.environ["YOLOV5_CONFIG_DIR"] = str(cfg)
 
 
+def copy_dataset(root: str | Path, dest_dir: Path) -> Path:
+    """A private copy of a dataset root (without label caches): the official code writes its caches
+    beside the labels, which must not happen in shared or read-only data."""
+    dest = dest_dir / Path(root).name
+    shutil.copytree(root, dest, ignore=shutil.ignore_patterns("*.cache"))
+    return dest
+
+
 def enter(repo: str | Path) -> Path:
     """Make `repo` (an official YOLOv5 checkout) importable as the top-level models/utils packages."""
     global SHIMMED

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.official_yolov5 import copy_dataset, enter  # noqa: E402
 
 QUOTED_EPOCH_S = (6.0, 6.5)  # issue 5: official YOLOv5 on this machine, same setting
 
@@ -82,7 +83,6 @@ def run_official(args, clock: EpochClock, tmp: str) -> None:
     """The official train.py of the checkout in --repo, same flags, timed by its own epoch-end hook."""
     import yaml
 
-    from benchmarks.official_yolov5 import enter
     repo = enter(args.repo)
     data = Path(tmp) / "coco128.yaml"
     data.write_text(yaml.safe_dump(data_dict(Path(args.coco128))))
@@ -178,8 +178,7 @@ def main(argv=None):
     runs = [(m, "") for m in args.modes] + [("official", str(Path(r).resolve())) for r in args.official]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        coco128 = Path(tmp) / "coco128"  # a private copy: the official code writes its label cache beside the labels
-        shutil.copytree(args.coco128, coco128, ignore=shutil.ignore_patterns("*.cache"))
+        coco128 = copy_dataset(args.coco128, Path(tmp))  # every mode reads the same files
         for _ in range(args.rounds):
             for mode, repo in runs:
                 rows.append(launch(args, mode, repo, coco128))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 SPEED = re.compile(r"Speed: ([\d.]+)ms pre-process, ([\d.]+)ms inference, ([\d.]+)ms NMS per image")
 ALL_ROW = re.compile(r"^\s*all\s+(\d+)\s+(\d+)\s+([\d.e-]+)\s+([\d.e-]+)\s+([\d.e-]+)\s+([\d.e-]+)", re.M)
 
@@ -89,14 +90,14 @@ def main(argv=None) -> list[dict]:
 
 def private_dataset_copy(data_yaml: str, tmp: Path) -> Path:
     """The dataset yaml with its root copied under tmp: official code writes label caches beside the labels."""
-    sys.path.insert(0, str(ROOT))
+    from benchmarks.official_yolov5 import copy_dataset
     from utils.dataset_yaml import check_dataset
     data = check_dataset(data_yaml)
     root = Path(data["path"])
-    shutil.copytree(root, tmp / root.name, ignore=shutil.ignore_patterns("*.cache"))
+    copy = copy_dataset(root, tmp)
     out = {k: data[k] for k in ("train", "val", "nc", "names") if k in data}
     for split in ("train", "val"):
-        out[split] = str(tmp / root.name / Path(out[split]).relative_to(root))
+        out[split] = str(copy / Path(out[split]).relative_to(root))
     path = tmp / "data.yaml"
     path.write_text(yaml.safe_dump(out))
     return path

@@ -66,17 +66,23 @@ def test_random_perspective_keeps_boxes_on_objects(seed):
     assert_boxes_match_pixels(out, t, area_lost_ok=0.1 * 1.4**2 * (240 // 3) * (200 // 3))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_mosaic_then_perspective_keeps_boxes(seed):
+def four_mosaic_inputs(seed):
+    """Four 128-wide images of 60-127 rows with two classes each, normalised labels; seeds random too."""
     rng = np.random.default_rng(seed)
     random.seed(seed)
-    s = 128
     ims, labels = [], []
     for k in range(4):
         im, rows = draw_objects(rng, int(rng.integers(60, 128)), 128, classes=[2 * k, 2 * k + 1])
         h, w = im.shape[:2]
         labels.append(np.concatenate([rows[:, :1], xyxy2xywhn(rows[:, 1:], w, h)], 1))
         ims.append(im)
+    return ims, labels
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mosaic_then_perspective_keeps_boxes(seed):
+    s = 128
+    ims, labels = four_mosaic_inputs(seed)
     center = [int(random.uniform(s // 2, 3 * s // 2)) for _ in range(2)]
     img4, rows4 = mosaic4(ims, labels, s, center)
     assert img4.shape == (2 * s, 2 * s, 3)
@@ -90,14 +96,8 @@ def test_mosaic_then_perspective_keeps_boxes(seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_fast_mosaic_scale_translate_keeps_boxes(seed):
-    rng = np.random.default_rng(seed)
-    random.seed(seed)
     s = 128
-    ims, labels = [], []
-    for k in range(4):
-        im, rows = draw_objects(rng, int(rng.integers(60, 128)), 128, classes=[2 * k, 2 * k + 1])
-        labels.append(np.concatenate([rows[:, :1], xyxy2xywhn(rows[:, 1:], 128, im.shape[0])], 1))
-        ims.append(im)
+    ims, labels = four_mosaic_inputs(seed)
     center = [int(random.uniform(s // 2, 3 * s // 2)) for _ in range(2)]
     out, t = mosaic4_scale_translate(lambda k: ims[k], [im.shape[:2] for im in ims], labels, s, center,
                                      scale=0.5, translate=0.1)
