@@ -30,13 +30,13 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from utils.annotate import Annotator, colors, display_available, save_one_box  # noqa: E402
-from utils.backend import check_img_size, cpu_threads, load_backend  # noqa: E402
+from models.backends import load_backend  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
-from utils.nms import non_max_suppression  # noqa: E402
+from utils.eval.nms import non_max_suppression  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
-from utils.sources import Frame, load_source  # noqa: E402
-from utils.torch_utils import select_device  # noqa: E402
+from utils.data.sources import Frame, load_source  # noqa: E402
+from utils.torch_utils import check_img_size, cpu_threads, select_device  # noqa: E402
 
 
 @dataclass

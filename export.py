@@ -9,7 +9,7 @@ The exporters are plain functions on any in-memory model:
     export_onnx(model, im, file, opset=17, dynamic=False, simplify=False) -> Path
     export_torchscript(model, im, file, optimize=False) -> Path
 Both store the model's stride and class names in the file (ONNX metadata_props; TorchScript
-_extra_files['config.txt']), which utils/backend.py reads back.
+_extra_files['config.txt']), which models/backends/ reads back.
 """
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ def load_for_export(weights=None, cfg=None, device=torch.device("cpu"), inplace:
     if weights and cfg:
         raise ValueError("give --weights or --cfg, not both")
     if weights:
-        from models.experimental import attempt_load
+        from models.load import attempt_load
         return attempt_load(weights, device=device, inplace=inplace, fuse=True)
     if not cfg:
         raise ValueError("nothing to export: give --weights model.pt or --cfg model.yaml")

@@ -38,20 +38,20 @@ if str(ROOT) not in sys.path:
 
 from models.config import resolve_cfg  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.autoanchor import check_anchors  # noqa: E402
-from utils.checkpoint import (load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint,  # noqa: E402
-                              strip_optimizer)
+from utils.train.autoanchor import check_anchors  # noqa: E402
+from models.load import model_from_checkpoint, pretrained_model  # noqa: E402
+from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
 from utils.callbacks import Callbacks, TrainLoggers  # noqa: E402
 from utils.cpu_alloc import keep_freed_memory  # noqa: E402
-from utils.results import RESULT_KEYS  # noqa: E402
-from utils.dataset_yaml import check_dataset  # noqa: E402
-from utils.early_stopping import EarlyStopping  # noqa: E402
-from utils.ema import ModelEMA  # noqa: E402
-from utils.image_weights import labels_to_class_weights, labels_to_image_weights  # noqa: E402
+from utils.train.results import RESULT_KEYS  # noqa: E402
+from utils.data.dataset_yaml import check_dataset  # noqa: E402
+from utils.train.early_stopping import EarlyStopping  # noqa: E402
+from utils.train.ema import ModelEMA  # noqa: E402
+from utils.train.image_weights import labels_to_class_weights, labels_to_image_weights  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
-from utils.loss import ComputeLoss, scale_hyp_gains  # noqa: E402
-from utils.metrics import fitness  # noqa: E402
-from utils.optim import (NOMINAL_BATCH, accumulate_steps, apply_warmup, build_optimizer, build_scheduler,  # noqa: E402
+from utils.train.loss import ComputeLoss, scale_hyp_gains  # noqa: E402
+from utils.eval.metrics import fitness  # noqa: E402
+from utils.train.optim import (NOMINAL_BATCH, accumulate_steps, apply_warmup, build_optimizer, build_scheduler,  # noqa: E402
                          scaled_weight_decay, warmup_iters)
 from utils.run_dirs import increment_path, latest_run  # noqa: E402
 from utils.torch_utils import de_parallel, out_of_place_activations, select_device  # noqa: E402
@@ -201,16 +201,6 @@ def setup(run: Run) -> None:
 
 
 # ----------------------------------------------------------------------------------------- phase 2: model
-def load_pretrained(model_cfg, weights: str, nc: int, anchors, exclude_anchors: bool) -> nn.Module:
-    """Build the model (from --cfg, else the checkpoint's yaml) and transfer the checkpoint's weights into it."""
-    from utils.transfer import transfer_weights
-    ckpt = load_checkpoint(weights)
-    model = Model(model_cfg or ckpt["yaml"], ch=3, nc=nc, anchors=anchors)
-    transfer_weights(model, ckpt["state_dict"], ckpt.get("yaml"), source=weights,  # 'model' weights, as v6.1
-                     exclude=["anchor"] if exclude_anchors else [])
-    return model
-
-
 def freeze_layers(model: nn.Module, freeze: list[int]) -> list[str]:
     """--freeze 10 freezes layers 0-9; --freeze 0 1 2 freezes exactly those. Returns frozen parameter names."""
     prefixes = [f"model.{x}." for x in (freeze if len(freeze) > 1 else range(freeze[0]))]
@@ -231,7 +221,8 @@ def build_model(run: Run) -> None:
         run.ckpt = load_checkpoint(weights)
         model = model_from_checkpoint(run.ckpt)
     elif weights.endswith(".pt"):
-        model = load_pretrained(opt.cfg, weights, nc, hyp.get("anchors"), bool(opt.cfg or hyp.get("anchors")))
+        exclude = ["anchor"] if opt.cfg or hyp.get("anchors") else []  # v6.1: new anchors when the yaml is given
+        model, _ = pretrained_model(weights, opt.cfg, nc, hyp.get("anchors"), exclude)
     else:
         model = Model(opt.cfg, ch=3, nc=nc, anchors=hyp.get("anchors"))
     freeze_layers(model, opt.freeze)
@@ -254,7 +245,7 @@ def check_img_size(imgsz: int, gs: int) -> int:
 
 def build_data(run: Run) -> None:
     """Train loader (every rank), val loader (rank 0), label plots and AutoAnchor on a fresh run."""
-    from utils.loader import create_dataloader
+    from utils.data.loader import create_dataloader
     opt, data, hyp = run.opt, run.data, run.hyp
     opt.imgsz = check_img_size(opt.imgsz, run.gs)
     bs = opt.batch_size // WORLD_SIZE
@@ -525,7 +516,7 @@ def train_loop(run: Run) -> None:
                 f"Using {run.train_loader.num_workers} dataloader workers\n"
                 f"Logging results to {colorstr('bold', str(run.save_dir))}\n"
                 f"Starting training for {opt.epochs} epochs...")
-    from utils.loader import EpochBatches
+    from utils.data.loader import EpochBatches
     run.callbacks.run("on_train_start")
     batch_sampler = run.train_loader.batch_sampler
     if isinstance(batch_sampler, EpochBatches):

@@ -1,5 +1,5 @@
 """Validate a YOLOv5 model on a dataset split: P, R, mAP@.5 and mAP@.5:.95 by YOLOv5's current val rules
-(per-threshold matching, P/R at the smoothed-F1 peak; utils/metrics.py also has v6.1's variants).
+(per-threshold matching, P/R at the smoothed-F1 peak; utils/eval/metrics.py also has v6.1's variants).
 
 Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --img 640
@@ -27,15 +27,15 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from utils.backend import check_img_size, cpu_threads, load_backend, wrap_model  # noqa: E402
+from models.backends import load_backend, wrap_model  # noqa: E402
 from utils.boxes import scale_boxes, xywh2xyxy  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
-from utils.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions  # noqa: E402
-from utils.nms import NMSStats, non_max_suppression  # noqa: E402
+from utils.eval.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, match_predictions  # noqa: E402
+from utils.eval.nms import NMSStats, non_max_suppression  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
-from utils.torch_utils import select_device  # noqa: E402
-from utils.val_outputs import BatchPlotter, CocoJson, save_one_txt  # noqa: E402
+from utils.torch_utils import check_img_size, cpu_threads, select_device  # noqa: E402
+from utils.eval.val_outputs import BatchPlotter, CocoJson, save_one_txt  # noqa: E402
 
 HEADER = ("%20s" + "%11s" * 6) % ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")
 ROW = "%20s" + "%11i" * 2 + "%11.3g" * 4
@@ -162,7 +162,7 @@ def summarise(tally: Tally, names: list, plots: bool, save_dir: Path) -> dict:
     stats = [torch.cat(x, 0).numpy() for x in zip(*tally.stats)]
     res["nt"] = np.bincount(stats[3].astype(np.int64), minlength=nc)
     if stats[0].any():
-        # P and R at the smoothed-F1 peak, as YOLOv5 now (see utils/metrics.py)
+        # P and R at the smoothed-F1 peak, as YOLOv5 now (see utils/eval/metrics.py)
         _, _, p, r, _, ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names)
         ap50, ap = ap[:, 0], ap.mean(1)
         res.update(mp=p.mean(), mr=r.mean(), map50=ap50.mean(), map=ap.mean(), p=p, r=r, ap50=ap50, ap=ap,
@@ -199,7 +199,7 @@ def coco_check(out: Outputs, res: dict, weights) -> None:
 # ---------------------------------------------------------------------------------------------- run --
 
 def _dataloader(data: dict, task: str, imgsz: int, batch_size: int, backend, single_cls: bool, workers: int):
-    from utils.loader import create_dataloader
+    from utils.data.loader import create_dataloader
 
     split = task if task in SPLITS else "val"  # speed and study time the val split
     if not data.get(split):
@@ -217,7 +217,7 @@ def _standalone_setup(data, weights, device, batch_size, half, project, name, ex
         LOGGER.info("--half on CPU: fp16 inference is supported but usually slower than fp32 there")
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    from utils.dataset_yaml import check_dataset
+    from utils.data.dataset_yaml import check_dataset
 
     data = check_dataset(data)  # before the model: a wrong path fails fast
     backend = load_backend(weights, device, half=bool(half))
@@ -320,7 +320,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 def study(opt: argparse.Namespace) -> list[Path]:
     """mAP and speed over image sizes 256..1536 per weights file -> study_<data>_<weights>.txt (+ a plot)."""
-    from utils.val_outputs import plot_study
+    from utils.eval.val_outputs import plot_study
 
     sizes, files = list(range(256, 1536 + 128, 128)), []
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)

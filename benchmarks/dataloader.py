@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from utils.dataset_yaml import check_dataset  # noqa: E402
-from utils.loader import create_dataloader  # noqa: E402
+from utils.data.dataset_yaml import check_dataset  # noqa: E402
+from utils.data.loader import create_dataloader  # noqa: E402
 
 
 def cpu_seconds(pids):

@@ -91,7 +91,7 @@ def main(argv=None) -> list[dict]:
 def private_dataset_copy(data_yaml: str, tmp: Path) -> Path:
     """The dataset yaml with its root copied under tmp: official code writes label caches beside the labels."""
     from benchmarks.official_yolov5 import copy_dataset
-    from utils.dataset_yaml import check_dataset
+    from utils.data.dataset_yaml import check_dataset
     data = check_dataset(data_yaml)
     root = Path(data["path"])
     copy = copy_dataset(root, tmp)

@@ -22,6 +22,7 @@ from models.common import Conv, DWConv  # noqa: E402  (also registers every bloc
 from models.config import load_model_yaml  # noqa: E402
 from models.registry import REGISTRY, LayerContext, ModelConfigError, check_call, detect_head, lookup, register  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
+from utils.train.autoanchor import check_anchor_order  # noqa: E402
 from utils.torch_utils import fuse_conv_and_bn, initialize_weights, scale_img  # noqa: E402
 
 
@@ -300,15 +301,6 @@ def _run_layer_named(m: nn.Module, x):
     except Exception as e:
         shapes = [tuple(t.shape) for t in x] if isinstance(x, list) else tuple(x.shape)
         raise ModelConfigError(f"layer {m.i} ({m.type}, from {m.f}) failed on input {shapes}: {e}") from e
-
-
-def check_anchor_order(m: Detect) -> None:
-    """Anchors must grow with stride (P3 smallest); flip them when a yaml lists them the other way."""
-    a = m.anchors.prod(-1).mean(-1).view(-1)
-    da, ds = a[-1] - a[0], m.stride[-1] - m.stride[0]
-    if da and da.sign() != ds.sign():
-        LOGGER.info("AutoAnchor: reversing anchor order")
-        m.anchors[:] = m.anchors.flip(0)
 
 
 def main(argv=None):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from utils.augment import (augment_hsv, flip_lr, flip_ud, letterbox, mosaic4, mosaic4_scale_translate,
+from utils.data.augment import (augment_hsv, flip_lr, flip_ud, letterbox, mosaic4, mosaic4_scale_translate,
                            random_perspective)
 from utils.boxes import scale_boxes, xywh2xyxy, xywhn2xyxy, xyxy2xywh, xyxy2xywhn
-from utils.dataset import LoadImagesAndLabels
+from utils.data.dataset import LoadImagesAndLabels
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 128, 0),
            (128, 0, 255), (0, 128, 255), (255, 255, 255), (128, 255, 0), (0, 0, 0)]

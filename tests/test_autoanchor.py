@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from models.yolo import Model
-from utils.autoanchor import bpr_and_aat, check_anchors, kmean_anchors, label_wh
+from utils.train.autoanchor import bpr_and_aat, check_anchors, kmean_anchors, label_wh
 
 
 def fake_dataset(sizes_px, imgsz=256, n_images=20, seed=0):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.experimental import Ensemble, attempt_load
+from models.load import Ensemble, attempt_load, model_from_checkpoint
 from models.yolo import Model
-from utils.checkpoint import (FORMAT, CheckpointError, load_checkpoint, make_checkpoint, model_from_checkpoint,
-                              save_checkpoint, strip_optimizer, to_plain)
+from utils.checkpoint import (FORMAT, CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint, strip_optimizer,
+                              to_plain)
 
 ROOT = Path(__file__).resolve().parents[1]
 

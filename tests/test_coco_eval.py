@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.coco_eval import (coco80_to_coco91, coco_evaluate, coco_gt_from_label_files, coco_gt_from_yolo,
+from utils.eval.coco_eval import (coco80_to_coco91, coco_evaluate, coco_gt_from_label_files, coco_gt_from_yolo,
                              coco_image_ids, predictions_to_coco, save_json)
-from utils.metrics import ap_per_class, match_predictions
+from utils.eval.metrics import ap_per_class, match_predictions
 
 pytest.importorskip("pycocotools")
 

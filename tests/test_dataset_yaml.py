@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.dataset_yaml import ROOT, check_dataset
+from utils.data.dataset_yaml import ROOT, check_dataset
 
 
 def _tiny_dataset(root: Path, n=2):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.shapes import NAMES, generate_shapes
+from utils.data.shapes import NAMES, generate_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import detect
 from models.yolo import Model
 from utils.annotate import Annotator, display_available, save_one_box
 from utils.checkpoint import make_checkpoint, save_checkpoint
-from utils.sources import LoadStreams, expand_source, load_source, read_image
+from utils.data.sources import LoadStreams, expand_source, load_source, read_image
 
 NAMES = ["box", "disc"]
 

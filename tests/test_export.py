@@ -1,4 +1,4 @@
-"""export.py and utils/backend.py: every variant exports (ONNX static + dynamic, TorchScript) and the
+"""export.py and models/backends/: every variant exports (ONNX static + dynamic, TorchScript) and the
 exported graphs reproduce PyTorch; metadata round-trips; bad requests are clear errors.
 
 Agreement measure: max|exported - pytorch| <= 1e-4 * max|pytorch| (max-abs over max-abs); for detections
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import export
 from models.registry import register, same_channels, unregister
 from models.yolo import Model
-from utils.backend import OnnxBackend, TorchScriptBackend, load_backend
+from models.backends import OnnxBackend, TorchScriptBackend, load_backend
 from utils.export_checks import ExportError, required_opset
 
 MODELS = Path(__file__).resolve().parents[1] / "models"

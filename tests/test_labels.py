@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils.dataset import LoadImagesAndLabels
-from utils.labels import img2label_paths, parse_label_file
-from utils.loader import create_dataloader
+from utils.data.dataset import LoadImagesAndLabels
+from utils.data.labels import img2label_paths, parse_label_file
+from utils.data.loader import create_dataloader
 from utils.log import LOGGER
 
 GOOD = "0 0.5 0.5 0.4 0.4\n1 0.25 0.25 0.2 0.3\n"

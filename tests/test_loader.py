@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from utils.boxes import scale_boxes, xywhn2xyxy
-from utils.loader import collate_fn, create_dataloader
+from utils.data.loader import collate_fn, create_dataloader
 from utils.plots import plot_images, plot_labels
 
 HYP = dict(hsv_h=0.015, hsv_s=0.7, hsv_v=0.4, degrees=0.0, translate=0.1, scale=0.5, shear=0.0, perspective=0.0,

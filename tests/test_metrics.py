@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from utils.metrics import (IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, bbox_iou, box_iou, compute_ap, fitness,
+from utils.eval.metrics import (IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, bbox_iou, box_iou, compute_ap, fitness,
                            match_predictions, smooth)
 
 # ------------------------------------------------------------------------------------------- IoU --

@@ -4,8 +4,8 @@ import logging
 import pytest
 import torch
 
-from utils import nms
-from utils.nms import NMSStats, non_max_suppression
+from utils.eval import nms
+from utils.eval.nms import NMSStats, non_max_suppression
 
 
 def _row(cx, cy, w, h, obj, *cls):

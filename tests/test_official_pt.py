@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from models.yolo import Detect
-from utils.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint, model_from_checkpoint
+from models.load import model_from_checkpoint
+from utils.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from utils.official_pt import Inert, resolve_global, unpickle_archive
 
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from models.yolo import Model
-from utils.early_stopping import EarlyStopping
-from utils.ema import ModelEMA
-from utils.optim import (accumulate_steps, apply_warmup, build_optimizer, lr_lambda, parameter_groups,
+from utils.train.early_stopping import EarlyStopping
+from utils.train.ema import ModelEMA
+from utils.train.optim import (accumulate_steps, apply_warmup, build_optimizer, lr_lambda, parameter_groups,
                          scaled_weight_decay, warmup_iters)
 
 

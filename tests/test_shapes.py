@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import yaml
 
-import utils.shapes as shapes
-from utils.dataset_yaml import ROOT
-from utils.labels import parse_label_file
+import utils.data.shapes as shapes
+from utils.data.dataset_yaml import ROOT
+from utils.data.labels import parse_label_file
 
 
 def test_generation_is_deterministic_and_valid(tmp_path):

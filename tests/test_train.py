@@ -9,7 +9,7 @@ import yaml
 import train
 from utils.callbacks import Callbacks
 from utils.checkpoint import load_checkpoint
-from utils.shapes import NAMES, generate_shapes
+from utils.data.shapes import NAMES, generate_shapes
 
 TINY = dict(imgsz=64, batch_size=4, workers=0, cfg="yolov5n.yaml", weights="", noautoanchor=True, seed=3)
 
@@ -101,7 +101,8 @@ def test_resume_of_finished_run_is_refused(tiny_data, tmp_path):
 
 
 def test_transfer_from_official_weights(official_weights, caplog):
-    model = train.load_pretrained("yolov5n.yaml", str(official_weights), nc=6, anchors=None, exclude_anchors=True)
+    from models.load import pretrained_model
+    model, _ = pretrained_model(str(official_weights), "yolov5n.yaml", nc=6, exclude=["anchor"])
     official = load_checkpoint(official_weights)["state_dict"]
     own = model.state_dict()
     same = [k for k in own if k in official and official[k].shape == own[k].shape and "anchor" not in k]

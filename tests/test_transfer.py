@@ -8,7 +8,8 @@ import torch
 from models.config import MODELS_DIR, load_model_yaml
 from models.yolo import Model
 from utils.checkpoint import FORMAT, load_checkpoint, save_checkpoint
-from utils.transfer import align_layers, load_pretrained, transfer_weights
+from models.load import pretrained_model
+from utils.train.transfer import align_layers, transfer_weights
 
 
 def insert_rows(yaml: dict, inserts: dict[int, list]) -> dict:
@@ -101,12 +102,11 @@ def test_other_scale_aligns_layer_by_layer(official):
     assert all(re.fullmatch(r"model\.\d+\..*num_batches_tracked|model\.24\.(anchors|m\.\d\.bias)", k) for k in moved)
 
 
-def test_load_pretrained_from_our_file(tmp_path, official):
+def test_pretrained_model_from_our_file(tmp_path, official):
     sd = official["state_dict"]
     f = save_checkpoint({"format": FORMAT, "model": sd, "yaml": official["yaml"], "names": official["names"]},
                         tmp_path / "base.pt")
-    target = Model(insert_rows(official["yaml"], {10: [-1, 1, "nn.Identity", []]}))
-    report = load_pretrained(target, f, verbose=False)
+    target, report = pretrained_model(f, insert_rows(official["yaml"], {10: [-1, 1, "nn.Identity", []]}), verbose=False)
     assert str(report) == f"Transferred {len(sd)}/{len(sd)} items from {f}"
     assert torch.equal(target.state_dict()["model.11.conv.weight"], sd["model.10.conv.weight"].float())
 

@@ -80,8 +80,8 @@ def test_save_hybrid_scores_perfectly_and_writes_everything(tmp_path, weights, l
 
 
 def test_training_call_restores_model_and_reports_losses(tmp_path, tiny_model):
-    from utils.loader import create_dataloader
-    from utils.loss import ComputeLoss
+    from utils.data.loader import create_dataloader
+    from utils.train.loss import ComputeLoss
 
     data, _ = make_dataset(tmp_path / "ds", n=4)
     d = {"names": NAMES, "nc": 2, "val": str(tmp_path / "ds" / "images" / "val")}
@@ -124,7 +124,7 @@ def test_official_yolov5n_on_coco8_agrees_with_pycocotools(tmp_path, shared_dir,
     data = {"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}
     r, _, _ = val.run(data=data, weights=str(official_weights), imgsz=320, device="cpu", workers=0, save_json=True,
                       plots=False, project=tmp_path / "r", name="exp")
-    from utils.coco_eval import coco_evaluate
+    from utils.eval.coco_eval import coco_evaluate
 
     d = tmp_path / "r" / "exp"
     coco_map, coco_map50 = coco_evaluate(d / "yolov5n_gt.json", d / "yolov5n_predictions.json")
@@ -133,7 +133,7 @@ def test_official_yolov5n_on_coco8_agrees_with_pycocotools(tmp_path, shared_dir,
 
 
 def test_load_backend_refuses_unknown_formats_and_mixed_ensembles(tmp_path, weights):
-    from utils.backend import load_backend
+    from models.backends import load_backend
 
     cpu = torch.device("cpu")
     with pytest.raises(ValueError, match=r"m\.engine: weights format '\.engine' is not supported"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from utils.log import LOGGER, colorstr
-from utils.results import RESULT_KEYS, append_results, plot_results
+from utils.train.results import RESULT_KEYS, append_results, plot_results
 
 HOOKS = (  # YOLOv5's hook names; train.py and val.py announce the ones they reach
     "on_pretrain_routine_start", "on_pretrain_routine_end", "on_train_start", "on_train_epoch_start",

@@ -8,7 +8,7 @@ Our format (a dict, `format: 'yolov5-attention'`):
 Nothing in it needs project code to unpickle, so moving or renaming modules never breaks old files.
 
 `load_checkpoint` reads ours or an official YOLOv5 pickle (through utils.official_pt's allow-list) and
-returns one normalised dict; `model_from_checkpoint` rebuilds a Model from it with strict placement.
+returns one normalised dict; models/load.py rebuilds a Model from it.
 """
 from __future__ import annotations
 
@@ -203,39 +203,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if map_location is not None and torch.device(map_location) != torch.device("cpu"):
         ckpt = _to_device(ckpt, map_location)
     return ckpt
-
-
-def model_from_checkpoint(ckpt: dict, prefer_ema: bool = False):
-    """Rebuild our Model from the checkpoint's yaml and load its tensors strict (ema weights if asked and present)."""
-    from models.yolo import Model  # late import: utils must not import models at module load
-
-    source = ckpt.get("file", "checkpoint")
-    sd = ckpt["ema"] if prefer_ema and ckpt.get("ema") else ckpt["state_dict"]
-    try:
-        model = Model(deepcopy(ckpt["yaml"]))
-    except Exception as e:
-        raise CheckpointError(f"{source}: its model yaml does not build: {e}") from e
-    _load_strict(model, sd, source)
-    model.names = list(ckpt.get("names") or model.names)
-    stride = ckpt.get("stride")
-    if stride and [float(s) for s in model.stride.tolist()] != [float(s) for s in stride]:
-        LOGGER.warning(f"WARNING: {source}: stored stride {stride} differs from the rebuilt model's "
-                       f"{model.stride.tolist()}; using the rebuilt one")
-    return model
-
-
-def _load_strict(model: nn.Module, sd: dict, source: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or shape:
-        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
-                 f"{len(shape)} of another shape (e.g. {shape[:2]})" if shape else ""]
-        raise CheckpointError(f"{source}: tensors do not fit the model built from its yaml: "
-                              + "; ".join(p for p in parts if p))
-    model.load_state_dict(sd, strict=True)
 
 
 def strip_optimizer(f: str | Path, s: str | Path = "") -> Path:

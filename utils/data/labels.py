@@ -3,7 +3,7 @@
 Label files follow YOLOv5: one row `cls cx cy w h` per object, normalised to [0, 1]; the label of
 `.../images/<sub>/x.jpg` is `.../labels/<sub>/x.txt`. Polygon rows (`cls x1 y1 x2 y2 ...`, >= 3 points)
 are accepted and turned into their bounding box. Every check returns a reason instead of raising, so
-one bad file never stops a scan (see utils/label_cache.py for the scan itself).
+one bad file never stops a scan (see utils/data/label_cache.py for the scan itself).
 """
 import os
 from dataclasses import dataclass, field

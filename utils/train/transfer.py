@@ -127,12 +127,3 @@ def transfer_weights(model: nn.Module, ckpt_state_dict: dict, ckpt_yaml: dict | 
     if verbose:
         LOGGER.info(report.details() if report.missing or report.unused else str(report))
     return report
-
-
-def load_pretrained(model: nn.Module, weights: str | Path, exclude=(), verbose: bool = True) -> TransferReport:
-    """Transfer a checkpoint file (ours or official YOLOv5) into `model` (train.py's --weights path)."""
-    from utils.checkpoint import load_checkpoint  # late import keeps this module light
-    ckpt = load_checkpoint(weights, map_location="cpu")
-    # YOLOv5 fine-tunes from the checkpoint's 'model' weights (stripped files hold the EMA there).
-    return transfer_weights(model, ckpt["state_dict"], ckpt.get("yaml"), source=weights, exclude=exclude,
-                            verbose=verbose)

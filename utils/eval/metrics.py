@@ -8,7 +8,7 @@ Defaults follow YOLOv5's current val.py, whose figures the official coco128 numb
 - the P/R operating point: f1_smooth=0.1 reads P and R where the class-mean F1, smoothed by a box filter
   of 10% of the confidence grid, peaks; v6.1 (f1_smooth=0) took the raw, noisier peak.
 mAP50 is the same either way. A few other v6.1 quirks are kept on purpose and marked "v6.1 quirk".
-Plots live in utils/metric_plots.py and are imported only when asked for.
+Plots live in utils/eval/metric_plots.py and are imported only when asked for.
 """
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
 
 
 def _plot_curves(px, py, ap, f1, p, r, save_dir: Path, names: dict) -> None:
-    from utils.metric_plots import plot_mc_curve, plot_pr_curve
+    from utils.eval.metric_plots import plot_mc_curve, plot_pr_curve
 
     if len(py):
         plot_pr_curve(px, py, ap, save_dir / "PR_curve.png", names)
@@ -283,7 +283,7 @@ class ConfusionMatrix:
 
     def plot(self, normalize: bool = True, save_dir=".", names=()) -> Path:
         """Write save_dir/confusion_matrix.png (columns normalised to 1 when normalize)."""
-        from utils.metric_plots import plot_confusion_matrix
+        from utils.eval.metric_plots import plot_confusion_matrix
 
         names = list(names.values()) if isinstance(names, dict) else list(names)
         return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)

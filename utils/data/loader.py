@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from utils.dataset import LoadImagesAndLabels
+from utils.data.dataset import LoadImagesAndLabels
 from utils.log import LOGGER
 
 PIN_MEMORY = str(os.getenv("PIN_MEMORY", True)).lower() == "true"

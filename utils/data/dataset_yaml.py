@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _find_yaml(data) -> Path:
@@ -76,7 +76,7 @@ def _path_candidates(p: Path, yaml_file: Path | None) -> list[Path]:
 
 def _resolve_root(d: dict, yaml_file: Path | None, where: str) -> Path:
     if d.get("generate"):
-        from utils.shapes import ensure_generated  # only needed for synthetic sets
+        from utils.data.shapes import ensure_generated  # only needed for synthetic sets
 
         p = Path(d.get("path") or f"datasets/{d['generate']}")
         root = p if p.is_absolute() else ROOT / p

@@ -89,7 +89,7 @@ class CocoJson:
     """
 
     def __init__(self, data: dict, dataset):
-        from utils.coco_eval import coco80_to_coco91, coco_image_ids
+        from utils.eval.coco_eval import coco80_to_coco91, coco_image_ids
 
         self.dataset, self.names = dataset, data["names"]
         self.anno_file = coco_annotations_file(data)
@@ -98,13 +98,13 @@ class CocoJson:
         self.results: list[dict] = []
 
     def add(self, predn: torch.Tensor, path) -> None:
-        from utils.coco_eval import predictions_to_coco
+        from utils.eval.coco_eval import predictions_to_coco
 
         self.results.extend(predictions_to_coco(predn, self.image_ids[str(path)], self.class_map))
 
     def evaluate(self, pred_file: Path) -> tuple[float, float] | None:
         """Write pred_file, run COCOeval -> (mAP50-95, mAP50), or None (reason logged) when it cannot run."""
-        from utils.coco_eval import coco_evaluate, coco_gt_from_yolo, save_json
+        from utils.eval.coco_eval import coco_evaluate, coco_gt_from_yolo, save_json
 
         save_json(self.results, pred_file)
         LOGGER.info(f"\nEvaluating pycocotools mAP... saving {pred_file}...")

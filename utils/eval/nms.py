@@ -2,8 +2,8 @@
 
 v6.1 stops after a 10 s time limit (later images get no detections) and truncates at max_nms and
 max_det without a word. Here there is no time limit; every truncation is counted in an NMSStats:
-- `utils.nms.last_stats` holds the counts of the latest call (a fresh object per call; read it
-  through the module, `from utils import nms; nms.last_stats`, not by importing the name);
+- `utils.eval.nms.last_stats` holds the counts of the latest call (a fresh object per call; read it
+  through the module, `from utils.eval import nms; nms.last_stats`, not by importing the name);
 - pass `stats=NMSStats()` to accumulate counts over many calls (e.g. one val run).
 Going over max_nms also logs one warning per process (the counts keep being recorded).
 """
@@ -109,7 +109,7 @@ def _note_over_max_nms(n: int, max_nms: int, st: NMSStats) -> None:
         _warned_max_nms = True
         LOGGER.warning(f"WARNING: NMS got {n} candidate boxes in one image, more than max_nms={max_nms}; "
                        f"kept the {max_nms} most confident. Shown once; counts are kept in NMSStats "
-                       "(utils.nms.last_stats). Raise conf_thres or max_nms if this matters.")
+                       "(utils.eval.nms.last_stats). Raise conf_thres or max_nms if this matters.")
 
 
 def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=None, agnostic=False,
@@ -121,7 +121,7 @@ def non_max_suppression(prediction, conf_thres=0.25, iou_thres=0.45, classes=Non
     must exceed conf_thres. multi_label (only when nc > 1): one row per class above conf_thres
     (val uses this). classes: keep only these class ids. agnostic: suppress across classes.
     labels: per image (n, 5) [cls, xywh] added as conf-1 detections. Detections come sorted by conf.
-    Truncations are counted in `stats` (an NMSStats, accumulated) and in `utils.nms.last_stats`.
+    Truncations are counted in `stats` (an NMSStats, accumulated) and in `utils.eval.nms.last_stats`.
     """
     global last_stats
     prediction = _check_args(prediction, conf_thres, iou_thres)

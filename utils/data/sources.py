@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from utils.augment import letterbox
+from utils.data.augment import letterbox
 from utils.log import LOGGER
 
 IMG_FORMATS = ("bmp", "dng", "jpeg", "jpg", "mpo", "png", "tif", "tiff", "webp")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from utils.labels import is_writable, parse_label_file, verify_image
+from utils.data.labels import is_writable, parse_label_file, verify_image
 from utils.log import LOGGER
 
 CACHE_VERSION = 1

@@ -17,14 +17,14 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
-from utils.augment import (augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4, mosaic4_scale_translate,
+from utils.data.augment import (augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4, mosaic4_scale_translate,
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
-from utils.label_cache import NUM_THREADS, load_or_scan, user_cache_dir
-from utils.labels import img2label_paths, is_writable, list_image_files
+from utils.data.label_cache import NUM_THREADS, load_or_scan, user_cache_dir
+from utils.data.labels import img2label_paths, is_writable, list_image_files
 from utils.log import LOGGER
 
-DEFAULT_HYP = Path(__file__).resolve().parents[1] / "data" / "hyps" / "hyp.scratch-low.yaml"
+DEFAULT_HYP = Path(__file__).resolve().parents[2] / "data" / "hyps" / "hyp.scratch-low.yaml"
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 

@@ -15,6 +15,15 @@ PREFIX = colorstr("AutoAnchor: ")
 BPR_GOOD = 0.98
 
 
+def check_anchor_order(m) -> None:
+    """Anchors must grow with stride (P3 smallest); flip them when a yaml lists them the other way."""
+    a = m.anchors.prod(-1).mean(-1).view(-1)
+    da, ds = a[-1] - a[0], m.stride[-1] - m.stride[0]
+    if da and da.sign() != ds.sign():
+        LOGGER.info("AutoAnchor: reversing anchor order")
+        m.anchors[:] = m.anchors.flip(0)
+
+
 def label_wh(dataset, imgsz: int, rng: np.random.Generator | None = None, jitter: bool = True) -> np.ndarray:
     """Label box sizes in pixels for images letterboxed to imgsz, optionally scale-jittered by 0.9-1.1."""
     shapes = imgsz * dataset.shapes / dataset.shapes.max(1, keepdims=True)  # (n, 2) w, h
@@ -40,7 +49,6 @@ def bpr_and_aat(anchors: torch.Tensor, wh: torch.Tensor, thr: float) -> tuple[fl
 
 def check_anchors(dataset, model, thr: float = 4.0, imgsz: int = 640, seed: int = 0) -> bool:
     """Log BPR; when below 0.98 evolve new anchors and write them into Detect. Returns True if replaced."""
-    from models.yolo import check_anchor_order
 
     m = model.module.model[-1] if hasattr(model, "module") else model.model[-1]
     wh = torch.from_numpy(label_wh(dataset, imgsz, np.random.default_rng(seed)))

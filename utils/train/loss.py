@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from utils.metrics import bbox_iou
+from utils.eval.metrics import bbox_iou
 from utils.torch_utils import de_parallel
 
 LEVEL_BALANCE = {3: [4.0, 1.0, 0.4]}  # objectness weight per level, P3 first

@@ -1,7 +1,7 @@
 """COCO-style evaluation with pycocotools: YOLO labels -> COCO ground truth, detections -> results json.
 
 The ground truth is built on the fly from YOLO labels (no instances json needed), so any dataset can
-be scored by COCOeval as a cross-check of utils/metrics.py. Boxes in COCO json are [x, y, w, h] with
+be scored by COCOeval as a cross-check of utils/eval/metrics.py. Boxes in COCO json are [x, y, w, h] with
 (x, y) the top-left corner, in pixels of the original image. Category ids are class indices unless
 a class_map is given (coco80_to_coco91() for the official COCO annotations).
 """
@@ -64,7 +64,7 @@ def coco_gt_from_label_files(image_files, names=None, class_map=None) -> dict:
     image headers (EXIF orientation applied). Missing or empty label files mean no objects."""
     from PIL import Image
 
-    from utils.labels import exif_size, img2label_paths, parse_label_file
+    from utils.data.labels import exif_size, img2label_paths, parse_label_file
 
     sizes, labels = [], []
     for im_file, lb_file in zip(image_files, img2label_paths([str(f) for f in image_files])):

@@ -1,0 +1,108 @@
+"""Weights -> models: a checkpoint (ours or official YOLOv5) rebuilt strict, pretrained transfer into a new yaml,
+`attempt_load` (the one way val, detect, export and users load weights) and `Ensemble`."""
+from __future__ import annotations
+
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from models.yolo import Detect, Model
+from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.log import LOGGER
+from utils.torch_utils import select_device
+from utils.train.transfer import TransferReport, transfer_weights
+
+
+def model_from_checkpoint(ckpt: dict, prefer_ema: bool = False):
+    """Rebuild our Model from the checkpoint's yaml and load its tensors strict (ema weights if asked and present)."""
+    source = ckpt.get("file", "checkpoint")
+    sd = ckpt["ema"] if prefer_ema and ckpt.get("ema") else ckpt["state_dict"]
+    try:
+        model = Model(deepcopy(ckpt["yaml"]))
+    except Exception as e:
+        raise CheckpointError(f"{source}: its model yaml does not build: {e}") from e
+    _load_strict(model, sd, source)
+    model.names = list(ckpt.get("names") or model.names)
+    stride = ckpt.get("stride")
+    if stride and [float(s) for s in model.stride.tolist()] != [float(s) for s in stride]:
+        LOGGER.warning(f"WARNING: {source}: stored stride {stride} differs from the rebuilt model's "
+                       f"{model.stride.tolist()}; using the rebuilt one")
+    return model
+
+
+def _load_strict(model: nn.Module, sd: dict, source: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or shape:
+        parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
+                 f"{len(shape)} of another shape (e.g. {shape[:2]})" if shape else ""]
+        raise CheckpointError(f"{source}: tensors do not fit the model built from its yaml: "
+                              + "; ".join(p for p in parts if p))
+    model.load_state_dict(sd, strict=True)
+
+
+def pretrained_model(weights: str | Path, cfg=None, nc: int | None = None, anchors=None, exclude=(),
+                     verbose: bool = True) -> tuple[Model, TransferReport]:
+    """Build a model from `cfg` (else the checkpoint's own yaml) and transfer the checkpoint's tensors into it by
+    aligned layers, so blocks inserted by the yaml shift nothing (train.py's --weights). YOLOv5 fine-tunes from
+    the checkpoint's 'model' weights (stripped files hold the EMA there)."""
+    ckpt = load_checkpoint(weights, map_location="cpu")
+    model = Model(cfg or ckpt["yaml"], ch=3, nc=nc, anchors=anchors)
+    report = transfer_weights(model, ckpt["state_dict"], ckpt.get("yaml"), source=weights, exclude=exclude,
+                              verbose=verbose)
+    return model, report
+
+
+class Ensemble(nn.ModuleList):
+    """Several models run on the same batch; their predictions are concatenated for one NMS (as YOLOv5)."""
+
+    def forward(self, x, augment=False, profile=False, visualize=False):
+        y = [m(x, augment=augment)[0] for m in self]
+        return torch.cat(y, 1), None
+
+
+def _load_one(w: str | Path, device, inplace: bool, fuse: bool) -> Model:
+    ckpt = load_checkpoint(w, map_location="cpu")
+    model = model_from_checkpoint(ckpt, prefer_ema=True).float()  # EMA weights when present, as YOLOv5
+    model.pt_path = str(w)
+    model.requires_grad_(False)  # inference only (YOLOv5's loaded checkpoints report "0 gradients")
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, Detect):
+            m.inplace = inplace
+    model.inplace = inplace
+    if fuse:
+        model.fuse(flops=False)  # a weights load should not pay for a FLOP count (models/yolo.py prints it)
+    return model.to(select_device(device)) if device is not None else model
+
+
+def attempt_load(weights, device=None, inplace: bool = True, fuse: bool = True):
+    """Load one checkpoint (ours or official YOLOv5) or several as an Ensemble; eval, fp32, fused, on `device`
+    (a torch.device, 'cpu', '0', 'cuda:0'; None keeps the CPU).
+
+    A missing file raises FileNotFoundError naming it (nothing is downloaded).
+    """
+    paths = list(weights) if isinstance(weights, (list, tuple)) else [weights]
+    if not paths:
+        raise ValueError("attempt_load: no weights given")
+    for w in paths:
+        if not Path(w).is_file():
+            raise FileNotFoundError(f"weights file not found: {w} (attempt_load does not download)")
+    models = [_load_one(w, device, inplace, fuse) for w in paths]
+    if len(models) == 1:
+        return models[0]
+    ensemble = Ensemble(models)
+    ncs = {m.yaml["nc"] for m in models}
+    if len(ncs) > 1:
+        raise ValueError(f"attempt_load: ensemble members have different class counts {sorted(ncs)} ({paths})")
+    for k in ("names", "nc", "yaml"):
+        setattr(ensemble, k, getattr(models[0], k, None))
+    ensemble.nc = models[0].yaml["nc"]
+    ensemble.stride = max((m.stride for m in models), key=lambda s: float(s.max()))
+    LOGGER.info(f"Ensemble created with {[str(w) for w in paths]}")
+    return ensemble
