@@ -11,7 +11,8 @@ import math
 import torch
 import torch.nn as nn
 
-from models.registry import (batchnorm, concat_channels, contract, expand, out_channels, register)
+from models.registry import batchnorm, concat_channels, contract, expand, out_channels, register
+from utils.torch_utils import fuse_conv_and_bn
 
 
 def autopad(k, p=None):
@@ -21,21 +22,34 @@ def autopad(k, p=None):
     return p
 
 
+def activation(act) -> nn.Module:
+    """A Conv's activation: True -> SiLU (YOLOv5's default), a module as given, anything else -> none."""
+    if act is True:
+        return nn.SiLU()
+    return act if isinstance(act, nn.Module) else nn.Identity()
+
+
 @register(build=out_channels())
 class Conv(nn.Module):
-    """Conv2d (no bias) + BatchNorm2d + SiLU; `fuse()` folds the BN into the conv."""
+    """Conv2d without bias, BatchNorm2d, activation (keys conv.*, bn.*). `fuse_bn()` folds the BN into the conv
+    for inference; the layer then has no `bn` (as a fused v6.1 model, so the summary counts the same layers)."""
 
     def __init__(self, c1, c2, k=1, s=1, p=None, g=1, act=True):
         super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False)
+        self.conv = nn.Conv2d(c1, c2, kernel_size=k, stride=s, padding=autopad(k, p), groups=g, bias=False)
         self.bn = nn.BatchNorm2d(c2)
-        self.act = nn.SiLU() if act is True else (act if isinstance(act, nn.Module) else nn.Identity())
+        self.act = activation(act)
 
     def forward(self, x):
-        return self.act(self.bn(self.conv(x)))
+        x = self.conv(x)
+        if hasattr(self, "bn"):  # gone after fuse_bn()
+            x = self.bn(x)
+        return self.act(x)
 
-    def forward_fuse(self, x):
-        return self.act(self.conv(x))
+    def fuse_bn(self) -> None:
+        if hasattr(self, "bn"):
+            self.conv = fuse_conv_and_bn(self.conv, self.bn)
+            del self.bn
 
 
 @register(build=out_channels())

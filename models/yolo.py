@@ -18,12 +18,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
-from models.common import Conv, DWConv  # noqa: E402  (also registers every block)
+from models.common import Conv  # noqa: E402  (also registers every block)
 from models.config import load_model_yaml  # noqa: E402
 from models.registry import REGISTRY, LayerContext, ModelConfigError, check_call, detect_head, lookup, register  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
 from utils.train.autoanchor import check_anchor_order  # noqa: E402
-from utils.torch_utils import fuse_conv_and_bn, initialize_weights, scale_img  # noqa: E402
+from utils.torch_utils import initialize_weights, scale_img  # noqa: E402
 
 
 @register(build=detect_head())
@@ -271,10 +271,8 @@ class Model(nn.Module):
         """
         LOGGER.info("Fusing layers... ")
         for m in self.model.modules():
-            if isinstance(m, (Conv, DWConv)) and hasattr(m, "bn"):
-                m.conv = fuse_conv_and_bn(m.conv, m.bn)
-                delattr(m, "bn")
-                m.forward = m.forward_fuse
+            if isinstance(m, Conv):  # DWConv is a Conv
+                m.fuse_bn()
         self.info(imgsz=640 if flops else None)
         return self
 

@@ -54,14 +54,6 @@ def xyxy2xywhn(x, w=640, h=640, clip=False, eps=0.0):
     return y
 
 
-def xyn2xy(x, w=640, h=640, padw=0, padh=0):
-    """Normalised points (n, 2) -> pixel points."""
-    y = _empty_like(x)
-    y[..., 0] = w * x[..., 0] + padw
-    y[..., 1] = h * x[..., 1] + padh
-    return y
-
-
 def clip_boxes(boxes, shape):
     """Clip xyxy boxes in place to an image of shape (h, w); returns the boxes."""
     h, w = shape[0], shape[1]

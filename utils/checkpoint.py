@@ -12,20 +12,18 @@ returns one normalised dict; models/load.py rebuilds a Model from it.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import os
 import tempfile
-import types
 from copy import deepcopy
 from datetime import datetime
-from pathlib import Path, PurePath
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.data.names import names_list
+from utils.plain import to_plain  # noqa: F401 (re-export: callers import it from here)
 from utils.log import LOGGER
 from utils.official_pt import (CheckpointError, UnsafeCheckpointError, is_official_pickle,  # noqa: F401 (re-export)
                                official_from_pickle, unpickle_archive)
@@ -37,36 +35,6 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-# ----------------------------------------------------------------------------- plain data
-
-def to_plain(obj, where: str = "checkpoint"):
-    """Convert to what `torch.load(weights_only=True)` accepts; anything else is a TypeError naming its place."""
-    if isinstance(obj, np.generic):  # first: np.float64 is also a float, and would pickle as a numpy global
-        return obj.item()
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj).copy()) if obj.dtype != object else to_plain(obj.tolist(), where)
-    if isinstance(obj, PurePath):
-        return str(obj)
-    if isinstance(obj, (torch.dtype, torch.device)):
-        return str(obj)
-    if isinstance(obj, (argparse.Namespace, types.SimpleNamespace)):
-        obj = vars(obj)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return {to_plain(k, where): to_plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, tuple):
-        return tuple(to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
-    if isinstance(obj, (list, set, frozenset)):
-        return [to_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    raise TypeError(f"{where}: a {type(obj).__module__}.{type(obj).__qualname__} cannot go in a weights-only "
-                    f"checkpoint; convert it to plain data first")
-
-
 def _state(model_or_sd, half: bool) -> dict[str, torch.Tensor]:
     sd = model_or_sd if isinstance(model_or_sd, dict) else de_parallel(model_or_sd).state_dict()
     out = {}
@@ -74,10 +42,6 @@ def _state(model_or_sd, half: bool) -> dict[str, torch.Tensor]:
         v = v.detach().to("cpu", copy=True)
         out[k] = v.half() if half and v.is_floating_point() else v
     return out
-
-
-def _names(names) -> list[str]:
-    return [str(names[k]) for k in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
 
 
 def make_checkpoint(model: nn.Module, *, epoch: int = -1, best_fitness=None, metrics=None, hyp=None, opt=None,
@@ -94,7 +58,7 @@ def make_checkpoint(model: nn.Module, *, epoch: int = -1, best_fitness=None, met
     ckpt = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": _state(m, half), "yaml": deepcopy(m.yaml),
-        "names": _names(getattr(m, "names", [])),
+        "names": names_list(getattr(m, "names", [])),
         "stride": [float(s) for s in stride.tolist()] if isinstance(stride, torch.Tensor) else stride,
         "epoch": int(epoch), "best_fitness": best_fitness, "metrics": metrics or {}, "hyp": hyp or {}, "opt": opt or {},
         "optimizer": optimizer, "ema": ema_sd, "updates": updates,

@@ -21,6 +21,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from utils.data.names import names_list
+from utils.plain import to_plain
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read; the message names the file."""
@@ -260,14 +263,6 @@ def inert_state_dict(module: Inert, prefix: str = "") -> dict[str, torch.Tensor]
     return out
 
 
-def _names_list(names, nc: int) -> list[str]:
-    if isinstance(names, dict):
-        return [str(names[k]) for k in sorted(names)]
-    if isinstance(names, (list, tuple)):
-        return [str(n) for n in names]
-    return [str(i) for i in range(nc)]
-
-
 def module_summary(module: Inert, source: str, key: str) -> dict:
     """yaml, state_dict, names and stride of one pickled YOLOv5 model object."""
     if not isinstance(module, Inert) or not hasattr(module, "_modules"):
@@ -281,19 +276,13 @@ def module_summary(module: Inert, source: str, key: str) -> dict:
         raise CheckpointError(f"{source}: entries {bad[:3]} of '{key}' are not tensors")
     stride = getattr(module, "stride", None)
     stride = [float(s) for s in stride.tolist()] if isinstance(stride, torch.Tensor) else None
-    return {"yaml": dict(yaml), "state_dict": sd, "names": _names_list(getattr(module, "names", None), yaml.get("nc", 0)),
+    return {"yaml": dict(yaml), "state_dict": sd, "names": names_list(getattr(module, "names", None), yaml.get("nc", 0)),
             "stride": stride, "class": module.qualname}
 
 
-def _plain(x):
-    """Drop stand-ins from metadata so the result is plain data (dict/list/str/number/tensor)."""
-    if isinstance(x, Inert):
-        return f"<{x.qualname}>"
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, set, frozenset)):
-        return [_plain(v) for v in x]
-    return x
+def _describe_stand_in(x) -> str:
+    """Metadata objects that are not plain data (pickled classes) become a short description."""
+    return f"<{x.qualname}>" if isinstance(x, Inert) else f"<{type(x).__name__}>"
 
 
 def official_from_pickle(top, source: str | Path) -> dict:
@@ -309,7 +298,7 @@ def official_from_pickle(top, source: str | Path) -> dict:
     ema = None
     if ema_obj is not None and model_obj is not None:
         ema = module_summary(ema_obj, str(source), "ema")["state_dict"]
-    meta = {k: _plain(v) for k, v in top.items() if k not in ("model", "ema")}
+    meta = {k: to_plain(v, k, unknown=_describe_stand_in) for k, v in top.items() if k not in ("model", "ema")}
     return {**main, "ema": ema, "meta": meta}
 
 
@@ -318,8 +307,3 @@ def is_official_pickle(top) -> bool:
     if isinstance(top, Inert):
         return True
     return isinstance(top, dict) and any(isinstance(top.get(k), Inert) for k in ("model", "ema"))
-
-
-def load_official(path: str | Path) -> dict:
-    """Read an official YOLOv5 .pt into plain data (see `official_from_pickle`)."""
-    return official_from_pickle(unpickle_archive(path), Path(path))

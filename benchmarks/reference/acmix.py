@@ -1,4 +1,4 @@
-"""Official-style ACmix (CVPR 2022), written from /work/shared/spec/attention.md section 4.
+"""Official-style ACmix (CVPR 2022), written from the spec attention.md, section 4.
 
 The unfold formulation of the official `ResNet/test_bottleneck.py`: ReflectionPad2d + nn.Unfold
 (no dilation) materialise the k_att^2 neighbourhood of k, v and the position encoding; the grid is

@@ -1,4 +1,4 @@
-"""Official-style DAT++ DAttentionBaseline, written from /work/shared/spec/attention.md section 6.
+"""Official-style DAT++ DAttentionBaseline, written from the spec attention.md, section 6.
 
 A plain reference for equality tests and the benchmark. It keeps the official behaviour on purpose:
 the half-cell reference points (i + 0.5)/(Hk - 1)*2 - 1, the offset range built with torch.tensor in the

@@ -1,4 +1,4 @@
-"""Official-style EfficientViT CGA / LocalWindowAttention, written from /work/shared/spec/attention.md section 5.
+"""Official-style EfficientViT CGA / LocalWindowAttention, written from the spec attention.md, section 5.
 
 A plain reference for equality tests and the benchmark. It keeps the official behaviour on purpose:
 * the bias table and its (N, N) index are built for one fixed `resolution`; other sizes fail;

@@ -1,4 +1,4 @@
-"""Official-style Triplet Attention (WACV 2021), written from /work/shared/spec/attention.md section 3.
+"""Official-style Triplet Attention (WACV 2021), written from the spec attention.md, section 3.
 
 A plain reference for equality tests: the `MODELS/` variant's structure and key names
 (ChannelGateH / ChannelGateW / SpatialGate, each `.spatial.{conv,bn}`), BN eps 1e-5 / momentum 0.01,

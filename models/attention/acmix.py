@@ -1,6 +1,6 @@
 """ACmix: self-attention and convolution sharing one 1x1 projection (Pan et al., CVPR 2022).
 
-Keys, shapes and init follow the official `ResNet/test_bottleneck.py` (see /work/shared/spec/attention.md
+Keys, shapes and init follow the official `ResNet/test_bottleneck.py` (see the spec attention.md
 section 4), so official state_dicts load with strict=True. Differences from the official forward, each
 a fix of an official failure (outputs are equal, to float rounding, wherever the official code runs):
 

@@ -3,7 +3,7 @@
 `DAttentionBaseline` keeps the official constructor (positional order, keywords) and state_dict keys
 (`conv_offset.{0,1.norm,3}`, `proj_{q,k,v,out}`, `rpe_table`), so HEAD checkpoints load with
 strict=True. Defaults were added so a yaml may give no arguments (see `_adapt`). Fixes (spec
-/work/shared/spec/attention.md section 6), each covered by tests/test_dat.py:
+attention.md, section 6), each covered by tests/test_dat.py:
 
 * Returns only the feature map, as a YOLO layer must; `return_tuple=True` gives the official
   (y, pos, reference) tuple, pos/reference shaped (B, n_groups, Hk, Wk, 2) in (y, x) order.

@@ -2,7 +2,7 @@
 
 Class names, constructor arguments and state_dict keys follow the official
 `classification/model/efficientvit.py`, so official weights load with strict=True. Fixes
-(spec /work/shared/spec/attention.md section 5), each covered by tests/test_efficientvit.py:
+(spec attention.md, section 5), each covered by tests/test_efficientvit.py:
 
 * Any resolution. The (heads, r*r) bias table is gathered in forward for the map at hand: the bias
   of a query/key pair is table[|dy|*r + |dx|], and offsets beyond r-1 are **clamped** to r-1 (far

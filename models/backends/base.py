@@ -7,17 +7,8 @@ from pathlib import Path
 
 import torch
 
+from utils.data.names import names_list
 from utils.log import LOGGER
-
-
-def names_list(names, nc: int | None = None) -> list[str]:
-    """Class names as a list; dicts (v6.1 exports, later checkpoints) are read in key order."""
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names, key=int)]
-    names = [str(n) for n in (names or [])]
-    if nc is not None and len(names) != nc:
-        return [f"class{i}" for i in range(nc)]
-    return names
 
 
 class Backend:
