@@ -157,34 +157,35 @@ class Focus(nn.Module):
         return self.conv(torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1))
 
 
-@register(build=contract())
-class Contract(nn.Module):
-    """Width/height into channels: (b,c,h,w) -> (b,c*g*g,h/g,w/g)."""
+class _SpaceChannelShuffle(nn.Module):
+    """Moves g x g pixel blocks between space and channels in YOLOv5's channel order (block row, block column,
+    channel), which differs from torch's pixel_(un)shuffle order, so official weights after it keep their meaning."""
 
     def __init__(self, gain=2):
         super().__init__()
         self.gain = gain
 
+
+@register(build=contract())
+class Contract(_SpaceChannelShuffle):
+    """Width/height into channels: (b,c,h,w) -> (b,c*g*g,h/g,w/g)."""
+
     def forward(self, x):
         b, c, h, w = x.shape
-        s = self.gain
-        x = x.view(b, c, h // s, s, w // s, s).permute(0, 3, 5, 1, 2, 4).contiguous()
-        return x.view(b, c * s * s, h // s, w // s)
+        g = self.gain
+        blocks = x.view(b, c, h // g, g, w // g, g).permute(0, 3, 5, 1, 2, 4)
+        return blocks.reshape(b, c * g * g, h // g, w // g)
 
 
 @register(build=expand())
-class Expand(nn.Module):
+class Expand(_SpaceChannelShuffle):
     """Channels into width/height: (b,c,h,w) -> (b,c/g/g,h*g,w*g)."""
-
-    def __init__(self, gain=2):
-        super().__init__()
-        self.gain = gain
 
     def forward(self, x):
         b, c, h, w = x.shape
-        s = self.gain
-        x = x.view(b, s, s, c // s ** 2, h, w).permute(0, 3, 4, 1, 5, 2).contiguous()
-        return x.view(b, c // s ** 2, h * s, w * s)
+        g = self.gain
+        pixels = x.view(b, g, g, c // g ** 2, h, w).permute(0, 3, 4, 1, 5, 2)
+        return pixels.reshape(b, c // g ** 2, h * g, w * g)
 
 
 @register(build=concat_channels())

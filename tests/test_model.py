@@ -227,3 +227,17 @@ def test_detect_is_registered_and_exported_mode():
         assert isinstance(y, torch.Tensor) and y.shape == (1, 252, 85)
     finally:
         det.export = False
+
+
+def test_contract_expand_are_inverse_and_keep_yolov5_channel_order():
+    """Contract puts pixel (i, j) of each 2x2 block into channel group i*2+j (YOLOv5's order, unlike
+    pixel_unshuffle's channel-major one); Expand undoes it exactly."""
+    from models.common import Contract, Expand
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).view(2, 3, 4, 6)
+    y = Contract(2)(x)
+    assert y.shape == (2, 12, 2, 3)
+    for i in range(2):
+        for j in range(2):
+            group = y[:, (i * 2 + j) * 3:(i * 2 + j + 1) * 3]
+            assert torch.equal(group, x[:, :, i::2, j::2])
+    assert torch.equal(Expand(2)(y), x)
