@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import models.common  # noqa: F401  (registers every block)
-from models.registry import REGISTRY, LayerContext
+from models.registry import REGISTRY, LayerContext, op_flop_rules
 from utils.flops import count_flops
 
 ATTENTION = sorted(name for name, spec in REGISTRY.items() if spec.attention)
@@ -121,7 +121,7 @@ def test_train_and_eval_return_self(name):
 def test_flops_formula_equals_flop_counter(name, shape):
     m = _seeded(name, shape[1])
     formula = REGISTRY[name].flops(m, shape)
-    counted = count_flops(m, torch.randn(shape))
+    counted = count_flops(m, torch.randn(shape), op_flop_rules(m))  # the block's registered op rules
     assert math.isclose(formula, counted, rel_tol=1e-3, abs_tol=16), f"{name}: formula {formula} vs counted {counted}"
 
 

@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.reference.dat import RefDAttentionBaseline
 from models.attention.dat import DAttentionBaseline, axis_coords
-from models.registry import REGISTRY, LayerContext, ModelConfigError
+from models.registry import REGISTRY, LayerContext, ModelConfigError, op_flop_rules
 from utils.flops import count_flops
 
 # Spec section 1 reference config: nc 64 = 4 heads x 16, 2 groups, stride 2, ksize 3.
@@ -161,7 +161,7 @@ def test_one_traced_graph_is_right_across_the_one_cell_key_grid(traced_hw):
     with torch.no_grad():
         ts = torch.jit.trace(m, x0, check_trace=False)
     f = io.BytesIO()
-    torch.onnx.export(m, (x0,), f, opset_version=DAttentionBaseline.min_opset, dynamo=False, input_names=["x"],
+    torch.onnx.export(m, (x0,), f, opset_version=REGISTRY["DAttentionBaseline"].min_opset, dynamo=False, input_names=["x"],
                       dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}})
     sess = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
     for hw in [(1, 1), (2, 5), (6, 4), (9, 15)]:
@@ -183,7 +183,8 @@ def test_axis_coords_single_point_and_official_spacing():
 def test_flops_formula_matches_counter(changes):
     m = DAttentionBaseline(**{**SPEC, **changes})
     shape = (2, 64, 20, 20)
-    assert REGISTRY["DAttentionBaseline"].flops(m, shape) == count_flops(m, torch.randn(shape))
+    assert op_flop_rules(m), "the grid_sample rule comes from the registration"
+    assert REGISTRY["DAttentionBaseline"].flops(m, shape) == count_flops(m, torch.randn(shape), op_flop_rules(m))
     if not changes:  # spec section 1: FlopCounterMode 37,145,600 plus 2,662,400 for the grid_sample taps
         assert REGISTRY["DAttentionBaseline"].flops(m, shape) == 37145600 + 2662400
 

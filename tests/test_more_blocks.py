@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import models.common  # noqa: F401  (registers every block)
-from models.registry import REGISTRY, LayerContext, check_call
+from models.registry import REGISTRY, LayerContext, check_call, op_flop_rules
 from utils.flops import count_flops
 
 YAML_BLOCKS = ["SE", "CBAM", "ECA", "CoordAtt", "SimAM", "EMA", "CPCA", "PSA_p", "MSCA", "MSDA", "Sea_Attention",
@@ -128,7 +128,7 @@ def test_every_parameter_gets_a_gradient(name):
 def test_flops_formula_matches_counter(name):
     m = make(name, 24)
     for shape in ((2, 24, 5, 7), (1, 24, 1, 1)):
-        counted = count_flops(m, torch.randn(shape))
+        counted = count_flops(m, torch.randn(shape), op_flop_rules(m))  # the block's registered op rules
         assert counted > 0 or name in ("SimAM", "simam_module")
         assert REGISTRY[name].flops(m, shape) == counted, (name, shape)
 

@@ -2,7 +2,7 @@
 
 Class names, constructor arguments and state_dict keys follow the official
 `classification/model/efficientvit.py`, so official weights load with strict=True. Fixes
-(spec /work/shared/spec/attention.md section 5), each covered by tests/test_efficientvit.py:
+(the shared spec attention.md section 5), each covered by tests/test_efficientvit.py:
 
 * Any resolution. The (heads, r*r) bias table is gathered in forward for the map at hand: the bias
   of a query/key pair is table[|dy|*r + |dx|], and offsets beyond r-1 are **clamped** to r-1 (far
@@ -27,13 +27,11 @@ eager keeps the branches above, so eager numbers are unchanged.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import register, same_channels
+from models.registry import Reference, bind_arguments, register, same_channels
 
 __all__ = ["Conv2d_BN", "CascadedGroupAttention", "LocalWindowAttention"]
 
@@ -261,19 +259,9 @@ def _lwa_flops(m: LocalWindowAttention, shape) -> int:
 
 def _cga_adapt(cls):
     """Per-scale yaml rule: key_dim 16 and 4 heads by default, attn_ratio = dim/(num_heads*key_dim)."""
-    names = list(inspect.signature(cls).parameters)
-
     def adapt(ctx, args, kwargs):
-        dim = args[0]
-        if len(args) > len(names):
-            raise ctx.error(f"{cls.__name__} takes at most {len(names)} arguments {names}, got {len(args)}")
-        given = dict(zip(names[1:], args[1:]))
-        for key in kwargs:
-            if key not in names[1:]:
-                raise ctx.error(f"{cls.__name__} has no argument {key!r} (arguments: {names})")
-            if key in given:
-                raise ctx.error(f"{cls.__name__} argument {key!r} given both by position and by name")
-        given.update(kwargs)
+        given = bind_arguments(ctx, cls, args, kwargs)
+        dim = given.pop("dim")
         key_dim = given.get("key_dim") or DEFAULT_KEY_DIM
         heads = given.get("num_heads") or DEFAULT_HEADS
         if not (isinstance(key_dim, int) and isinstance(heads, int) and key_dim > 0 and heads > 0):
@@ -297,13 +285,14 @@ def _cga_adapt(cls):
     return adapt
 
 
+_PAPER = "Liu et al., EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention, CVPR 2023"
+_CODE = "microsoft/Cream EfficientViT/classification/model/efficientvit.py"
+_ANY_SIZE = "any resolution (bias offsets beyond the table clamped); no stale `ab` cache"
+
 # Registration after the classes exist (the adapt rule reads their signatures).
 register(build=same_channels(channel_params=1, adapt=_cga_adapt(CascadedGroupAttention)), attention=True,
-         flops=_cga_flops, min_size=1,
-         doc="EfficientViT CGA on the whole map (cost grows with (HW)^2); yaml args "
-             "[dim, key_dim=16, num_heads=4, attn_ratio=derived, resolution=14, kernels=5s]")(CascadedGroupAttention)
+         flops=_cga_flops, reference=Reference(_PAPER, _CODE, _ANY_SIZE))(CascadedGroupAttention)
 register(build=same_channels(channel_params=1, adapt=_cga_adapt(LocalWindowAttention)), attention=True,
-         flops=_lwa_flops, min_size=1,
-         doc="EfficientViT CGA in 7x7 windows (masked padding); yaml args "
-             "[dim, key_dim=16, num_heads=4, attn_ratio=derived, resolution=14, window_resolution=7, kernels=5s]"
+         flops=_lwa_flops,
+         reference=Reference(_PAPER, _CODE, f"{_ANY_SIZE}; no size assert; padding masked (pad_mask=False: official)"),
          )(LocalWindowAttention)
