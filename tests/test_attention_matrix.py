@@ -54,8 +54,13 @@ def test_registry_has_attention_blocks():
 
 @pytest.mark.parametrize("name", ATTENTION)
 def test_builds_from_empty_args_at_every_yolo_width(name):
-    for c in YOLO_WIDTHS:
-        build(name, c)
+    """Built from `[-1, 1, name, []]` at every YOLO width, a forward on meta tensors (shapes only) returns the
+    input's shape: the arguments the rule derives per width (heads, groups, kernels) fit together."""
+    with torch.device("meta"), torch.no_grad():
+        for c in YOLO_WIDTHS:
+            x = torch.empty(2, c, 5, 7)
+            y = build(name, c).eval()(x)
+            assert isinstance(y, torch.Tensor) and y.shape == x.shape, f"{name} at width {c}: {tuple(y.shape)}"
 
 
 @pytest.mark.parametrize("name", ATTENTION)
