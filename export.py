@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
+from models.registry import opset_needs  # noqa: E402
 from models.yolo import Detect, Model  # noqa: E402
 from utils.export_checks import (ExportError, check_opset, double_tensors, find_failing_layer,  # noqa: E402
                                  label_onnx_node)
@@ -217,7 +218,7 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file, opset: int = DEFAULT_O
     f = Path(file)
     prefix = colorstr("ONNX:")
     LOGGER.info(f"\n{prefix} starting export with onnx {onnx.__version__} (opset {opset}, dynamic={dynamic})...")
-    check_opset(model, opset)
+    check_opset(model, opset, opset_needs(model))  # each block's min opset comes from its registration
     try:
         with export_mode(model, train=train):
             _torch_onnx_export(model, im, str(f), opset, dynamic, train)

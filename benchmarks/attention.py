@@ -10,7 +10,7 @@ The reference is `Ref<BlockName>` in benchmarks/reference/<family>.py (family = 
 file), built with the same constructor arguments and loaded with our state_dict (strict).
 
 Columns:
-* FLOPs counter: utils.flops.count_flops (FlopCounterMode + grid_sample rule), the true count;
+* FLOPs counter: utils.flops.count_flops (FlopCounterMode + the block's registered op rules), the true count;
 * FLOPs analytic: the block's registered formula (tests check it equals the counter);
 * FLOPs hooks: what a module-hook counter such as thop sees, 2 x MACs of nn.Conv2d/nn.Linear only;
 * fwd / fwd+bwd ms: median over --repeats after one warm-up (eval + no_grad / train + backward of sum);
@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.common import *  # noqa: E402,F401,F403  (registers every block)
-from models.registry import REGISTRY, LayerContext  # noqa: E402
+from models.registry import REGISTRY, LayerContext, op_flop_rules  # noqa: E402
 from utils.flops import count_flops  # noqa: E402
 
 DEFAULT_SIZES = ["128@80x80", "256@40x40", "512@20x20"]
@@ -235,7 +235,7 @@ def measure(name, size, impl, module, ours, x, repeats, memory, batch, device) -
     row = {"block": name, "impl": impl, "input": f"{batch}x{size}"}
     try:
         row["params"] = sum(p.numel() for p in module.parameters())
-        row["flops"] = count_flops(module, x)
+        row["flops"] = count_flops(module, x, op_flop_rules(ours))  # the block's op rules (grid_sample, ...)
         row["analytic"] = REGISTRY[name].flops(ours, tuple(x.shape)) if REGISTRY[name].flops else None
         row["hooks"] = hook_flops(module, x)
         row["fwd"], row["both"] = latency(module, x, repeats)

@@ -5,10 +5,23 @@ layer's context (input channels, yaml args, depth-scaled repeats, width multiple
 constructor arguments and the output channel count. `parse_model` only walks the yaml and asks the
 registry, so adding a block is one file plus one `@register(...)` line, never an edit of the parser.
 
+A registration holds every fact about a block, and nothing else in the tree repeats one:
+  build        the rule (yaml args -> constructor call, output channels)
+  attention    keeps its own init (YOLOv5's BN re-init skips it)
+  min_size     smallest feature-map side it runs on (1 unless said)
+  min_opset    smallest ONNX opset it exports with (export names the layer when asked for less)
+  flops        analytic FLOPs(module, input_shape), checked against torch's counter by the tests
+  op_flops     FLOP rules for ops torch's counter has none for ({op: rule}); Model.info passes them on
+  reference    paper, official code, and what differs from it
+utils/ cannot import this package, so the models side reads these facts here and passes them in
+(`opset_needs(model)` to the export checks, `op_flop_rules(model)` to the FLOP counter).
+
 The rules most blocks need are factories below:
   out_channels()   YOLOv5 convention `[c2, *rest]` -> `cls(c1, c2, *rest)`, c2 width-scaled
   same_channels()  channel-preserving blocks (attention): input channels come from the graph
   concat_channels() / passthrough() / detect_head() / contract() / expand()
+and the pieces their `adapt` hooks share: bind_arguments() (yaml args -> {name: value}, checked against
+the signature), given_value(), needs_units() (a reduction must leave a unit), chain().
 """
 from __future__ import annotations
 
@@ -66,14 +79,32 @@ class Built:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """Where a block comes from: the paper, the official code (repo and file), and what differs here."""
+    paper: str
+    code: str
+    differs: str = "nothing: official numerics"
+
+
+@dataclass(frozen=True)
 class BlockSpec:
     name: str
     cls: type
     build: Callable[[LayerContext], Built]
     attention: bool = False  # keeps its own init: YOLOv5's BN eps/momentum re-init is skipped inside it
     min_size: int = 1  # smallest feature-map side the block runs on
+    min_opset: int | None = None  # smallest ONNX opset its export needs; None: any the exporter takes
     flops: Callable | None = None  # analytic FLOPs(module, input_shape) -> int, checked by tests
-    doc: str = ""
+    op_flops: dict = field(default_factory=dict, hash=False)  # {op packet: rule} for ops torch's counter lacks
+    reference: Reference | None = None
+
+    @property
+    def family(self) -> str:
+        """The file the block lives in (models/attention/<family>.py); 'yolov5' for the core blocks."""
+        module = self.cls.__module__
+        if module.startswith("models.attention."):
+            return module.rsplit(".", 1)[-1]
+        return "torch" if module.startswith("torch.") else "yolov5"
 
 
 REGISTRY: dict[str, BlockSpec] = {}
@@ -116,6 +147,102 @@ def check_call(cls: type, built: Built, ctx: LayerContext) -> None:
         raise ctx.error(f"bad arguments for {cls.__name__}{inspect.signature(cls)}: {e}") from None
     except ValueError:  # some builtins have no signature; let the call itself decide
         pass
+
+
+# ----------------------------------------------------------------------------- the facts of a model's blocks
+
+def registered_blocks(model: nn.Module) -> list[tuple[str, BlockSpec]]:
+    """(qualified module name, registration) of every module in `model` whose class is registered, outermost
+    first. Found by class, so blocks nested in others and blocks outside a yaml-built model count too."""
+    by_class: dict[type, BlockSpec] = {}
+    for spec in REGISTRY.values():
+        by_class.setdefault(spec.cls, spec)  # aliases (ECA / eca_layer) share one class and its facts
+    return [(name, by_class[type(m)]) for name, m in model.named_modules() if type(m) in by_class]
+
+
+def opset_needs(model: nn.Module) -> list[tuple[str, str, int]]:
+    """[(qualified module name, block class, min opset)] for every registered block that declares one; a block
+    inside one already listed with at least its opset is left out (the outer entry names the layer)."""
+    needs: list[tuple[str, str, int]] = []
+    for name, spec in registered_blocks(model):
+        if spec.min_opset is None:
+            continue
+        covered = any(name.startswith(f"{outer}." if outer else "") and need >= spec.min_opset
+                      for outer, _, need in needs)
+        if not covered:
+            needs.append((name, spec.cls.__name__, spec.min_opset))
+    return needs
+
+
+def op_flop_rules(model: nn.Module) -> dict:
+    """The FLOP rules (`op_flops`) of every registered block in `model`, for utils.flops.count_flops."""
+    rules: dict = {}
+    for _, spec in registered_blocks(model):
+        rules.update(spec.op_flops)
+    return rules
+
+
+def describe_blocks() -> list[str]:
+    """One line per registered yaml name: family, min ONNX opset, min size, reference."""
+    lines = [f"{'name':<24} {'family':<13} {'opset':<6} {'size':<5} reference"]
+    for name in sorted(REGISTRY, key=lambda n: (REGISTRY[n].family, n.lower())):
+        spec, ref = REGISTRY[name], REGISTRY[name].reference
+        opset = f"{spec.min_opset}+" if spec.min_opset else "-"
+        about = f"{ref.paper} | {ref.code} | differs: {ref.differs}" if ref else "-"
+        lines.append(f"{name:<24} {spec.family:<13} {opset:<6} {spec.min_size:<5} {about}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- pieces of adapt hooks
+
+def bind_arguments(ctx: LayerContext, cls: type, args: list, kwargs: dict) -> dict:
+    """The yaml's positional and keyword arguments as {parameter name: value}, checked against cls's signature.
+
+    Too many positions, an unknown name, or a name also given by position raise ctx.error with the layer named.
+    """
+    params = inspect.signature(cls).parameters.values()
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    by_name = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if len(args) > len(positional):
+        raise ctx.error(f"{cls.__name__} takes at most {len(positional)} positional arguments {positional}, "
+                        f"got {len(args)}")
+    given = dict(zip(positional, args))
+    for key, value in kwargs.items():
+        if key not in by_name:
+            raise ctx.error(f"{cls.__name__} has no argument {key!r} (arguments: {by_name})")
+        if key in given:
+            raise ctx.error(f"{cls.__name__} argument {key!r} given both by position and by name")
+        given[key] = value
+    return given
+
+
+def given_value(args: list, kwargs: dict, name: str, position: int, default=None):
+    """A constructor argument as the yaml row gives it: at `position`, else by `name`, else `default`."""
+    return args[position] if len(args) > position else kwargs.get(name, default)
+
+
+def needs_units(block: str, param: str, position: int, default: int, units: str = "hidden units",
+                unless: tuple[str, int] | None = None):
+    """adapt check for a channel reduction (C -> C // r): r must be a positive integer leaving at least one unit
+    for the layer's input channels. `unless=(name, position)`: skipped when that argument (e.g. SE's explicit
+    squeeze_channels) is given, since it replaces the reduction."""
+    def check(ctx: LayerContext, args: list, kwargs: dict) -> None:
+        if unless and given_value(args, kwargs, *unless):
+            return
+        r = given_value(args, kwargs, param, position, default)
+        if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+            raise ctx.error(f"{block} {param}={r!r} must be a positive integer")
+        if ctx.c1 // r < 1:
+            raise ctx.error(f"{block} {param}={r} leaves no {units} for {ctx.c1} input channels")
+    return check
+
+
+def chain(*adapts: Callable[[LayerContext, list, dict], None]):
+    """One adapt hook that runs several in order (derive defaults first, then check them)."""
+    def adapt(ctx: LayerContext, args: list, kwargs: dict) -> None:
+        for step in adapts:
+            step(ctx, args, kwargs)
+    return adapt
 
 
 # ----------------------------------------------------------------------------- build rules

@@ -1,6 +1,7 @@
 """YOLOv5 Detect head, Model and parse_model.
 
 Usage: python models/yolo.py --cfg yolov5s_TripletAttention.yaml [--imgsz 640]
+       python models/yolo.py --list-blocks    # every yaml module name: family, min ONNX opset, reference
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ if str(ROOT) not in sys.path:
 
 from models.common import Conv  # noqa: E402  (also registers every block)
 from models.config import load_model_yaml  # noqa: E402
-from models.registry import REGISTRY, LayerContext, ModelConfigError, check_call, detect_head, lookup, register  # noqa: E402
+from models.registry import (REGISTRY, LayerContext, ModelConfigError, check_call, describe_blocks,  # noqa: E402
+                             detect_head, lookup, op_flop_rules, register)
 from utils.log import LOGGER  # noqa: E402
 from utils.train.autoanchor import check_anchor_order  # noqa: E402
 from utils.torch_utils import initialize_weights, scale_img  # noqa: E402
@@ -278,7 +280,7 @@ class Model(nn.Module):
 
     def info(self, verbose=False, imgsz=640):
         from utils.flops import model_info
-        return model_info(self, verbose=verbose, imgsz=imgsz)
+        return model_info(self, verbose=verbose, imgsz=imgsz, extra_rules=op_flop_rules(self))
 
     def _apply(self, fn, *args, **kwargs):
         """Keep Detect's stride and cached grids on the model's device/dtype (to(), cuda(), half())."""
@@ -307,7 +309,11 @@ def main(argv=None):
     p.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=[640], help="GFLOPs input size (h [w])")
     p.add_argument("--fuse", action="store_true", help="also print the fused summary")
     p.add_argument("--verbose", action="store_true", help="print the per-layer table")
+    p.add_argument("--list-blocks", action="store_true", help="list the registered blocks and their facts, then exit")
     opt = p.parse_args(argv)
+    if opt.list_blocks:
+        print("\n".join(describe_blocks()))
+        return None
     import logging
     if opt.verbose:
         LOGGER.setLevel(logging.DEBUG)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import models.common  # noqa: F401  (registers every block)
-from models.registry import REGISTRY, LayerContext
+from models.registry import REGISTRY, LayerContext, op_flop_rules
 from utils.flops import count_flops
 
 ATTENTION = sorted(name for name, spec in REGISTRY.items() if spec.attention)
@@ -54,8 +54,13 @@ def test_registry_has_attention_blocks():
 
 @pytest.mark.parametrize("name", ATTENTION)
 def test_builds_from_empty_args_at_every_yolo_width(name):
-    for c in YOLO_WIDTHS:
-        build(name, c)
+    """Built from `[-1, 1, name, []]` at every YOLO width, a forward on meta tensors (shapes only) returns the
+    input's shape: the arguments the rule derives per width (heads, groups, kernels) fit together."""
+    with torch.device("meta"), torch.no_grad():
+        for c in YOLO_WIDTHS:
+            x = torch.empty(2, c, 5, 7)
+            y = build(name, c).eval()(x)
+            assert isinstance(y, torch.Tensor) and y.shape == x.shape, f"{name} at width {c}: {tuple(y.shape)}"
 
 
 @pytest.mark.parametrize("name", ATTENTION)
@@ -121,7 +126,7 @@ def test_train_and_eval_return_self(name):
 def test_flops_formula_equals_flop_counter(name, shape):
     m = _seeded(name, shape[1])
     formula = REGISTRY[name].flops(m, shape)
-    counted = count_flops(m, torch.randn(shape))
+    counted = count_flops(m, torch.randn(shape), op_flop_rules(m))  # the block's registered op rules
     assert math.isclose(formula, counted, rel_tol=1e-3, abs_tol=16), f"{name}: formula {formula} vs counted {counted}"
 
 

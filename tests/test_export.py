@@ -18,10 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import export
-from models.registry import register, same_channels, unregister
+from models.registry import opset_needs, register, same_channels, unregister
 from models.yolo import Model
 from models.backends import OnnxBackend, TorchScriptBackend, load_backend
-from utils.export_checks import ExportError, required_opset
+from utils.export_checks import ExportError
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 RTOL = 1e-4
@@ -286,7 +286,7 @@ def test_simplify_without_onnxsim_says_so(tmp_path, monkeypatch):
 
 
 class _GridSampleToy(nn.Module):
-    """A block that uses grid_sample but does not declare min_opset: the exporter's error must name it."""
+    """A block that uses grid_sample (ONNX GridSample exists from opset 16)."""
 
     def __init__(self, c):
         super().__init__()
@@ -299,30 +299,43 @@ class _GridSampleToy(nn.Module):
 
 @pytest.fixture
 def toy_grid_model():
-    register("_GridSampleToy", build=same_channels(1), attention=True)(_GridSampleToy)
-    try:
+    """toy_grid_model(**facts): a yaml model with _GridSampleToy at layer 1, registered with `facts`."""
+    def build(**facts):
+        unregister("_GridSampleToy")
+        register("_GridSampleToy", build=same_channels(1), attention=True, **facts)(_GridSampleToy)
         d = {"nc": 2, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": [[10, 13, 16, 30]],
              "backbone": [[-1, 1, "Conv", [8, 3, 2]], [-1, 1, "_GridSampleToy", []]],
              "head": [[[1], 1, "Detect", ["nc", "anchors"]]]}
-        yield Model(d).eval()
+        return Model(d).eval()
+    try:
+        yield build
     finally:
         unregister("_GridSampleToy")
 
 
 def test_exporter_error_names_the_undeclared_block(toy_grid_model, tmp_path):
     im = torch.rand(1, 3, 32, 32)
-    with pytest.raises(ExportError, match=r"layer 1 \(_GridSampleToy\)"):
-        export.export_onnx(toy_grid_model, im, tmp_path / "m.onnx", opset=12)
-    toy_grid_model.model[1].min_opset = 16  # declared: refused up front, naming block and opset
-    with pytest.raises(ExportError, match=r"layer 1 \(_GridSampleToy\): _GridSampleToy needs opset >= 16"):
-        export.export_onnx(toy_grid_model, im, tmp_path / "m.onnx", opset=12)
-    assert export.export_onnx(toy_grid_model, im, tmp_path / "m.onnx", opset=16).is_file()
+    with pytest.raises(ExportError, match=r"failed in layer 1 \(_GridSampleToy\)"):  # the exporter's own error
+        export.export_onnx(toy_grid_model(), im, tmp_path / "m.onnx", opset=12)
+    declared = toy_grid_model(min_opset=16)  # in its registration: refused up front, naming layer, block and opset
+    with pytest.raises(ExportError, match=r"--opset 12 is too low .*layer 1 \(_GridSampleToy\): _GridSampleToy "
+                                          r"needs opset >= 16\); use --opset 16"):
+        export.export_onnx(declared, im, tmp_path / "m.onnx", opset=12)
+    assert export.export_onnx(declared, im, tmp_path / "m.onnx", opset=16).is_file()
+
+
+def test_min_opset_is_read_from_the_registration(toy_grid_model, tmp_path):
+    """GridSample exports at 16; only the registration (min_opset=17) can refuse 16, so the check reads it."""
+    model = toy_grid_model(min_opset=17)
+    assert opset_needs(model) == [("model.1", "_GridSampleToy", 17)]
+    with pytest.raises(ExportError, match=r"layer 1 \(_GridSampleToy\): _GridSampleToy needs opset >= 17"):
+        export.export_onnx(model, torch.rand(1, 3, 32, 32), tmp_path / "m.onnx", opset=16)
 
 
 @pytest.mark.skipif(not (MODELS / "yolov5_DAT.yaml").is_file(), reason="DAT yaml not present")
 def test_opset_too_low_for_dat_names_it(tmp_path):
     model, ims, _ = _built("yolov5n_DAT.yaml")
-    assert required_opset(model) >= 16
+    assert opset_needs(model) == [("model.10", "DAttentionBaseline", 16)]
     with pytest.raises(ExportError, match=r"DAttentionBaseline needs opset >= 16.*--opset 16"):
         export.export_onnx(model, ims[0], tmp_path / "m.onnx", opset=12)
 

@@ -1,4 +1,4 @@
-"""Export diagnostics: which block needs which ONNX opset, and which layer broke an export.
+"""Export diagnostics: which layer's block needs a higher ONNX opset, and which layer broke an export.
 
 Every failure here names the layer (index and yaml type) so a user knows which block to change or
 which opset to ask for, instead of reading a TorchScript exporter trace.
@@ -10,24 +10,11 @@ import re
 import torch
 import torch.nn as nn
 
-# Fallback for blocks that do not (yet) declare a class attribute `min_opset`. The attribute wins.
-# grid_sample (DAT's sampling; D-LKA's export path for its deformable convs) exists in ONNX from opset 16.
-MIN_OPSET_FALLBACK = {
-    "DAttentionBaseline": 16,
-    "deformable_LKA": 16,
-    "deformable_LKA_Attention": 16,
-}
 ONNX_DOUBLE = 11  # onnx.TensorProto.DOUBLE
 
 
 class ExportError(RuntimeError):
     """An export that cannot work as asked; the message names the block and the cause."""
-
-
-def block_min_opset(m: nn.Module) -> int | None:
-    """The smallest opset a module needs, from its `min_opset` attribute or the fallback table."""
-    declared = getattr(m, "min_opset", None)
-    return int(declared) if declared is not None else MIN_OPSET_FALLBACK.get(type(m).__name__)
 
 
 def _layer_label(model: nn.Module, qualified: str) -> str:
@@ -40,25 +27,15 @@ def _layer_label(model: nn.Module, qualified: str) -> str:
     return qualified or type(model).__name__
 
 
-def opset_requirements(model: nn.Module) -> list[tuple[str, str, int]]:
-    """[(where, block class, min opset)] for every module that declares a minimum opset."""
-    found = []
-    for name, m in model.named_modules():
-        need = block_min_opset(m)
-        if need is not None:
-            found.append((_layer_label(model, name), type(m).__name__, need))
-    return found
+def check_opset(model: nn.Module, opset: int, needs: list[tuple[str, str, int]]) -> None:
+    """Raise ExportError naming every block that needs a higher opset than asked.
 
-
-def required_opset(model: nn.Module, floor: int = 11) -> int:
-    return max([floor] + [need for _, _, need in opset_requirements(model)])
-
-
-def check_opset(model: nn.Module, opset: int) -> None:
-    """Raise ExportError naming every block that needs a higher opset than asked."""
-    too_low = [(where, cls, need) for where, cls, need in opset_requirements(model) if need > opset]
+    `needs` is [(qualified module name in `model`, block, min opset)]: the blocks' registrations hold these
+    facts and this package cannot read them, so the caller passes them (models.registry.opset_needs).
+    """
+    too_low = [(_layer_label(model, name), block, need) for name, block, need in needs if need > opset]
     if too_low:
-        blocks = "; ".join(f"{where}: {cls} needs opset >= {need}" for where, cls, need in too_low)
+        blocks = "; ".join(f"{where}: {block} needs opset >= {need}" for where, block, need in too_low)
         need = max(n for _, _, n in too_low)
         raise ExportError(f"--opset {opset} is too low for this model ({blocks}); use --opset {need} or higher")
 

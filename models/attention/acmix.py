@@ -1,6 +1,6 @@
 """ACmix: self-attention and convolution sharing one 1x1 projection (Pan et al., CVPR 2022).
 
-Keys, shapes and init follow the official `ResNet/test_bottleneck.py` (see the spec attention.md
+Keys, shapes and init follow the official `ResNet/test_bottleneck.py` (see the shared spec attention.md
 section 4), so official state_dicts load with strict=True. Differences from the official forward, each
 a fix of an official failure (outputs are equal, to float rounding, wherever the official code runs):
 
@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.attention._local_attention import local_attention, local_attention_traceable
-from models.registry import register, same_channels
+from models.registry import Reference, register, same_channels
 
 __all__ = ["ACmix"]
 
@@ -70,8 +70,11 @@ def _yaml_args(ctx, args, kwargs):
         raise ctx.error(f"ACmix head={head!r} must be a positive integer dividing the {ctx.c1} input channels")
 
 
-@register(build=same_channels(channel_params=2, adapt=_yaml_args), attention=True, flops=acmix_flops, min_size=1,
-          doc="ACmix(in, out, kernel_att=7, head=4, kernel_conv=3, stride=1, dilation=1); yaml: [] keeps channels")
+@register(build=same_channels(channel_params=2, adapt=_yaml_args), attention=True, flops=acmix_flops,
+          reference=Reference("Pan et al., On the Integration of Self-Attention and Convolution, CVPR 2022",
+                              "LeapLabTHU/ACmix ResNet/test_bottleneck.py",
+                              "fixes where the official code fails (any size, odd sizes at stride 2, kernel_conv "
+                              "!= 3, dilation, fp16/bf16); equal to it wherever it runs"))
 class ACmix(nn.Module):
     """rate1 * (k_att x k_att local self-attention) + rate2 * (shift convolution), sharing q, k, v.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, needs_units, register, same_channels
 
 __all__ = ["CBAM"]
 
@@ -76,12 +76,6 @@ class SpatialGate(nn.Module):
         return x * torch.sigmoid(self.spatial(self.compress(x)))
 
 
-def _adapt(ctx, args, kwargs):
-    r = args[1] if len(args) > 1 else kwargs.get("reduction_ratio", 16)
-    if ctx.c1 // r < 1:
-        raise ctx.error(f"CBAM reduction_ratio={r} leaves no hidden units for {ctx.c1} channels")
-
-
 def _flops(m: "CBAM", shape) -> int:
     b, c, h, w = shape
     hidden = m.ChannelGate.mlp[1].out_features
@@ -91,8 +85,11 @@ def _flops(m: "CBAM", shape) -> int:
     return b * total
 
 
-@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="CBAM: channel gate (shared MLP on avg+max pools) then spatial gate (7x7 conv on [max, mean])")
+@register(build=same_channels(channel_params=1, adapt=needs_units("CBAM", "reduction_ratio", 1, 16)),
+          attention=True, flops=_flops,
+          reference=Reference("Woo et al., CBAM: Convolutional Block Attention Module, ECCV 2018",
+                              "Jongchan/attention-module MODELS/cbam.py",
+                              "pools are reductions over H, W, not runtime-sized kernels (same values, dynamic ONNX)"))
 class CBAM(nn.Module):
     def __init__(self, gate_channels, reduction_ratio=16, pool_types=("avg", "max"), no_spatial=False):
         super().__init__()

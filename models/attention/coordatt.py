@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, register, same_channels
 
 __all__ = ["CoordAtt"]
 
@@ -38,8 +38,10 @@ def _flops(m: "CoordAtt", shape) -> int:
     return b * (2 * c * mip * (h + w) + 2 * mip * oup * (h + w))
 
 
-@register(build=same_channels(channel_params=2), attention=True, flops=_flops, min_size=1,
-          doc="CoordAtt: H- and W-direction pooling, shared 1x1+BN+h_swish, two 1x1 sigmoid gates")
+@register(build=same_channels(channel_params=2), attention=True, flops=_flops,
+          reference=Reference("Hou et al., Coordinate Attention for Efficient Mobile Network Design, CVPR 2021",
+                              "houqb/CoordAttention coordatt.py",
+                              "directional pools are means over W and H (same values, dynamic-shape ONNX)"))
 class CoordAtt(nn.Module):
     def __init__(self, inp, oup, reduction=32):
         super().__init__()

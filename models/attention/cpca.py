@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import same_channels, register
+from models.registry import Reference, needs_units, register, same_channels
 
 __all__ = ["RepBlock"]
 
@@ -32,12 +32,6 @@ class ChannelAttention(nn.Module):
         return self._mlp(x.mean((2, 3), keepdim=True)) + self._mlp(x.amax((2, 3), keepdim=True))
 
 
-def _adapt(ctx, args, kwargs):
-    r = args[2] if len(args) > 2 else kwargs.get("channelAttention_reduce", 4)
-    if ctx.c1 // r < 1:
-        raise ctx.error(f"CPCA channelAttention_reduce={r} leaves no hidden units for {ctx.c1} channels")
-
-
 def _flops(m: "RepBlock", shape) -> int:
     b, c, h, w = shape
     hidden = m.ca.fc1.out_channels
@@ -45,10 +39,14 @@ def _flops(m: "RepBlock", shape) -> int:
     return b * (3 * 2 * c * c * h * w + 2 * taps * c * h * w + 2 * 2 * 2 * c * hidden)
 
 
-@register("CPCA", build=same_channels(channel_params=2, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="CPCA (RepBlock): channel prior (avg+max MLP) then multi-scale depthwise strip-conv spatial map")
-@register(build=same_channels(channel_params=2, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="RepBlock: official name of the CPCA block")
+_RULE = same_channels(channel_params=2, adapt=needs_units("CPCA", "channelAttention_reduce", 2, 4))
+_REFERENCE = Reference("Huang et al., Channel prior convolutional attention for medical image segmentation, 2023",
+                       "Cuthbert-Huang/CPCANet CPCANet/nnunet/network_architecture/CPCANet.py (class RepBlock)",
+                       "nothing in numerics (keys and the thrice-reused 1x1 conv as official)")
+
+
+@register("CPCA", build=_RULE, attention=True, flops=_flops, reference=_REFERENCE)
+@register(build=_RULE, attention=True, flops=_flops, reference=_REFERENCE)
 class RepBlock(nn.Module):
     def __init__(self, in_channels, out_channels, channelAttention_reduce=4):  # noqa: N803 (official keyword)
         super().__init__()

@@ -2,8 +2,8 @@
 
 `DAttentionBaseline` keeps the official constructor (positional order, keywords) and state_dict keys
 (`conv_offset.{0,1.norm,3}`, `proj_{q,k,v,out}`, `rpe_table`), so HEAD checkpoints load with
-strict=True. Defaults were added so a yaml may give no arguments (see `_adapt`). Fixes (spec
-attention.md, section 6), each covered by tests/test_dat.py:
+strict=True. Defaults were added so a yaml may give no arguments (see `_adapt`). Fixes (the shared
+spec attention.md section 6), each covered by tests/test_dat.py:
 
 * Returns only the feature map, as a YOLO layer must; `return_tuple=True` gives the official
   (y, pos, reference) tuple, pos/reference shaped (B, n_groups, Hk, Wk, 2) in (y, x) order.
@@ -14,7 +14,7 @@ attention.md, section 6), each covered by tests/test_dat.py:
   16-bit maps are grid-sampled in fp32 (results cast back to the input's dtype); softmax runs in fp32.
   bf16 output error 0.4% (2% when sampling in bf16); pos/reference of the tuple return are fp32.
 * ONNX: grid helpers are out of place and built from arange with an explicit float32 dtype (no
-  float64, no in-place ops on views). Needs opset >= 16 (GridSample; class attribute `min_opset`).
+  float64, no in-place ops on views). Needs opset >= 16 (GridSample; the registration's min_opset).
   Key-grid sizes enter as tensors (no Python branch on them), so one traced graph (dynamic ONNX,
   TorchScript) is right at every input size, also across the 1-cell-wide key grid of H or W <= 2.
 * Reference points: `ref_align='official'` (default) keeps the official (i + 0.5)/(Hk - 1)*2 - 1,
@@ -28,13 +28,12 @@ attention.md, section 6), each covered by tests/test_dat.py:
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import register, same_channels
+from models.attention._op_flops import GRID_SAMPLE
+from models.registry import Reference, bind_arguments, register, same_channels
 
 __all__ = ["LayerNormProxy", "DAttentionBaseline"]
 
@@ -91,8 +90,6 @@ def sample(inp: torch.Tensor, grid_yx: torch.Tensor) -> torch.Tensor:
 
 class DAttentionBaseline(nn.Module):
     """Deformable multi-head attention; input and output (B, n_heads*n_head_channels, H, W)."""
-
-    min_opset = 16  # ONNX GridSample (read by utils/export_checks.py)
 
     def __init__(self, q_size=(20, 20), kv_size=(20, 20), n_heads=8, n_head_channels=32, n_groups=4, attn_drop=0.0,
                  proj_drop=0.0, stride=2, offset_range_factor=2, use_pe=True, dwc_pe=False, no_off=False,
@@ -263,22 +260,12 @@ def dat_flops(m: DAttentionBaseline, shape) -> int:
 
 DEFAULT_HEADS = 8
 DEFAULT_GROUPS = 4
-_NAMES = list(inspect.signature(DAttentionBaseline).parameters)
-_POSITIONAL = _NAMES[:15]
 
 
 def _adapt(ctx, args, kwargs):
     """Per scale: n_head_channels = c1 // n_heads (8 heads by default), n_groups = 4 or the largest divisor."""
     c1 = ctx.c1
-    if len(args) > len(_POSITIONAL):
-        raise ctx.error(f"DAttentionBaseline takes at most {len(_POSITIONAL)} positional arguments, got {len(args)}")
-    given = dict(zip(_POSITIONAL, args))
-    for key in kwargs:
-        if key not in _NAMES:
-            raise ctx.error(f"DAttentionBaseline has no argument {key!r} (arguments: {_NAMES})")
-        if key in given:
-            raise ctx.error(f"DAttentionBaseline argument {key!r} given both by position and by name")
-    given.update(kwargs)
+    given = bind_arguments(ctx, DAttentionBaseline, args, kwargs)
     heads = given.get("n_heads") or DEFAULT_HEADS
     if not isinstance(heads, int) or heads < 1 or c1 % heads:
         raise ctx.error(f"DAttentionBaseline: n_heads={heads} must divide the input channels {c1} "
@@ -297,7 +284,9 @@ def _adapt(ctx, args, kwargs):
     kwargs["return_tuple"] = False  # a YOLO layer must return a tensor
 
 
-register(build=same_channels(channel_params=0, adapt=_adapt), attention=True, flops=dat_flops, min_size=1,
-         doc="DAT++ deformable attention; yaml args are the official positional ones (all optional): "
-             "n_heads=8, n_head_channels=c1//n_heads, n_groups=4, stride=2, offset_range_factor=2, ksize=3, "
-             "default rpe table (size-free)")(DAttentionBaseline)
+register(build=same_channels(channel_params=0, adapt=_adapt), attention=True, min_opset=16,  # ONNX GridSample
+         flops=dat_flops, op_flops=GRID_SAMPLE,
+         reference=Reference("Xia et al., Vision Transformer with Deformable Attention, CVPR 2022 (DAT++ 2023)",
+                             "LeapLabTHU/DAT models/dat_blocks.py (HEAD 32173fc)",
+                             "returns the map only (return_tuple=True: official tuple); any size incl. <= 2; "
+                             "fp16/bf16; opt-in ref_align='centered'"))(DAttentionBaseline)

@@ -8,12 +8,12 @@ yaml block 'DLKA'. Keys as the official code (`conv0.offset_net`, `conv0.deform_
 
 Low precision and export: torchvision's deform_conv2d has no bfloat16 kernel, so bf16 runs in fp32 and is
 cast back. Under ONNX export the deformable conv is written as grid_sample (bilinear, zero padding: the
-same sampling rule as torchvision) plus a depthwise tap sum, which needs opset >= 16 and runs in
-onnxruntime; ONNX's own DeformConv (opset 19) is not used.
+same sampling rule as torchvision) plus a depthwise tap sum, which needs opset >= 16 (the registrations'
+min_opset) and runs in onnxruntime; ONNX's own DeformConv (opset 19) is not used.
 
-FLOPs: torch's counter has no formula for torchvision::deform_conv2d; utils.flops.EXTRA_RULES has one
-(the conv's multiply-adds plus 4 bilinear taps per sampled value, 2 FLOPs each,
-the same convention as its grid_sample rule).
+FLOPs: torch's counter has no formula for torchvision::deform_conv2d; the registrations name the rule in
+models/attention/_op_flops.py (the conv's multiply-adds plus 4 bilinear taps per sampled value, 2 FLOPs
+each, the same convention as its grid_sample rule).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import same_channels, register
+from models.attention._op_flops import DEFORM_CONV
+from models.registry import Reference, register, same_channels
 
 __all__ = ["deformable_LKA", "deformable_LKA_Attention"]
 
@@ -90,8 +91,13 @@ def _flops_attention(m, shape) -> int:
     return b * (_dlka_flops(c, h, w) + 2 * 2 * c * c * h * w)
 
 
-@register(build=same_channels(channel_params=1), attention=True, flops=_flops_lka, min_size=1,
-          doc="deformable_LKA: deformable depthwise 5x5 then 7x7 (dilation 3), 1x1, times the input")
+_REFERENCE = Reference("Azad et al., Beyond Self-Attention: Deformable Large Kernel Attention, WACV 2024",
+                       "xmindflow/deformableLKA 2D/deformable_LKA/deformable_LKA.py",
+                       "bf16 runs the deformable convs in fp32; ONNX export writes them as grid_sample")
+_FACTS = dict(attention=True, min_opset=16, op_flops=DEFORM_CONV, reference=_REFERENCE)  # GridSample on export
+
+
+@register(build=same_channels(channel_params=1), flops=_flops_lka, **_FACTS)
 class deformable_LKA(nn.Module):  # noqa: N801
     def __init__(self, dim):
         super().__init__()
@@ -103,8 +109,7 @@ class deformable_LKA(nn.Module):  # noqa: N801
         return x * self.conv1(self.conv_spatial(self.conv0(x)))
 
 
-@register("DLKA", build=same_channels(channel_params=1), attention=True, flops=_flops_attention, min_size=1,
-          doc="D-LKA attention: 1x1 + GELU, deformable LKA, 1x1, plus the residual")
+@register("DLKA", build=same_channels(channel_params=1), flops=_flops_attention, **_FACTS)
 class deformable_LKA_Attention(nn.Module):  # noqa: N801
     def __init__(self, d_model):
         super().__init__()

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, register, same_channels
 
 __all__ = ["eca_layer"]
 
@@ -33,10 +33,14 @@ def _flops(m: "eca_layer", shape) -> int:
     return 2 * b * c * m.conv.kernel_size[0]  # the 1-D conv across channels
 
 
-@register("ECA", build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="ECA: global average pool, 1-D conv (kernel k, adaptive from C) across channels, sigmoid gate")
-@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="eca_layer: official name of ECA")
+_REFERENCE = Reference("Wang et al., ECA-Net: Efficient Channel Attention, CVPR 2020",
+                       "BangguWu/ECANet models/eca_module.py (eca_layer)",
+                       "a yaml without k_size gets the paper's adaptive k from C; forward pools with a mean")
+
+
+@register("ECA", build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops,
+          reference=_REFERENCE)
+@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, reference=_REFERENCE)
 class eca_layer(nn.Module):  # noqa: N801 (official class name)
     def __init__(self, channel, k_size=3):
         super().__init__()

@@ -1,8 +1,9 @@
 """EfficientViT cascaded group attention (Liu et al., CVPR 2023; microsoft/Cream EfficientViT).
 
 Class names, constructor arguments and state_dict keys follow the official
-`classification/model/efficientvit.py`, so official weights load with strict=True. Fixes
-(spec attention.md, section 5), each covered by tests/test_efficientvit.py:
+`classification/model/efficientvit.py`, so official weights load with strict=True, and by default give
+the official module's numbers (tests/test_official_vectors.py: vectors made by running the official code).
+Fixes (the shared spec attention.md section 5), each covered by tests/test_efficientvit.py:
 
 * Any resolution. The (heads, r*r) bias table is gathered in forward for the map at hand: the bias
   of a query/key pair is table[|dy|*r + |dx|], and offsets beyond r-1 are **clamped** to r-1 (far
@@ -11,10 +12,12 @@ Class names, constructor arguments and state_dict keys follow the official
   `attention_bias_idxs` buffer is used, so official numbers are reproduced exactly.
 * No `ab` cache: nothing goes stale after load_state_dict, EMA updates, .half() or .to();
   train()/eval() are nn.Module's own and return self.
-* LocalWindowAttention masks window padding (padded keys get -inf logits and padded queries are
-  zeroed before the depthwise conv, so valid outputs do not depend on padding in eval).
-  `pad_mask=False` reproduces the official unmasked behaviour. In training, BN batch statistics
-  still include padded tokens, as in the official code.
+* LocalWindowAttention: `pad_mask=True` (opt-in) masks window padding (padded keys get -inf logits and
+  padded queries are zeroed before the depthwise conv, so valid outputs do not depend on padding in eval).
+  The default `pad_mask=False` is the official behaviour: the zero padding of a map that is not a whole
+  number of windows takes part in attention (on the official 20x20 vector, padded to 21, masking moves
+  the output by 6% of its largest magnitude). In training, BN batch statistics include padded tokens
+  either way, as in the official code.
 * Maps smaller than the window run as one window of their own size (no padding).
 * The cascade constraint (head output width attn_ratio*key_dim must equal dim/num_heads when
   num_heads > 1) is checked in the constructor with a clear error.
@@ -27,13 +30,11 @@ eager keeps the branches above, so eager numbers are unchanged.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import register, same_channels
+from models.registry import Reference, bind_arguments, register, same_channels
 
 __all__ = ["Conv2d_BN", "CascadedGroupAttention", "LocalWindowAttention"]
 
@@ -169,11 +170,11 @@ class LocalWindowAttention(nn.Module):
 
     The inner CGA keeps the official table size min(window_resolution, resolution), so classification
     checkpoints load strict; for downstream checkpoints (table = window^2) pass resolution >= window.
-    `pad_mask=False` reproduces the official unmasked zero padding.
+    `pad_mask=False` (default) is the official unmasked zero padding; `pad_mask=True` opts in to the mask.
     """
 
     def __init__(self, dim, key_dim, num_heads=8, attn_ratio=4, resolution=14, window_resolution=7,
-                 kernels=(5, 5, 5, 5), pad_mask=True):
+                 kernels=(5, 5, 5, 5), pad_mask=False):
         super().__init__()
         self.dim, self.num_heads, self.resolution = dim, num_heads, resolution
         self.window_resolution = window_resolution
@@ -261,19 +262,9 @@ def _lwa_flops(m: LocalWindowAttention, shape) -> int:
 
 def _cga_adapt(cls):
     """Per-scale yaml rule: key_dim 16 and 4 heads by default, attn_ratio = dim/(num_heads*key_dim)."""
-    names = list(inspect.signature(cls).parameters)
-
     def adapt(ctx, args, kwargs):
-        dim = args[0]
-        if len(args) > len(names):
-            raise ctx.error(f"{cls.__name__} takes at most {len(names)} arguments {names}, got {len(args)}")
-        given = dict(zip(names[1:], args[1:]))
-        for key in kwargs:
-            if key not in names[1:]:
-                raise ctx.error(f"{cls.__name__} has no argument {key!r} (arguments: {names})")
-            if key in given:
-                raise ctx.error(f"{cls.__name__} argument {key!r} given both by position and by name")
-        given.update(kwargs)
+        given = bind_arguments(ctx, cls, args, kwargs)
+        dim = given.pop("dim")
         key_dim = given.get("key_dim") or DEFAULT_KEY_DIM
         heads = given.get("num_heads") or DEFAULT_HEADS
         if not (isinstance(key_dim, int) and isinstance(heads, int) and key_dim > 0 and heads > 0):
@@ -297,13 +288,13 @@ def _cga_adapt(cls):
     return adapt
 
 
+_PAPER = "Liu et al., EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention, CVPR 2023"
+_CODE = "microsoft/Cream EfficientViT/classification/model/efficientvit.py"
+_ANY_SIZE = "any resolution (bias offsets beyond the table clamped); no stale `ab` cache"
+
 # Registration after the classes exist (the adapt rule reads their signatures).
 register(build=same_channels(channel_params=1, adapt=_cga_adapt(CascadedGroupAttention)), attention=True,
-         flops=_cga_flops, min_size=1,
-         doc="EfficientViT CGA on the whole map (cost grows with (HW)^2); yaml args "
-             "[dim, key_dim=16, num_heads=4, attn_ratio=derived, resolution=14, kernels=5s]")(CascadedGroupAttention)
+         flops=_cga_flops, reference=Reference(_PAPER, _CODE, _ANY_SIZE))(CascadedGroupAttention)
 register(build=same_channels(channel_params=1, adapt=_cga_adapt(LocalWindowAttention)), attention=True,
-         flops=_lwa_flops, min_size=1,
-         doc="EfficientViT CGA in 7x7 windows (masked padding); yaml args "
-             "[dim, key_dim=16, num_heads=4, attn_ratio=derived, resolution=14, window_resolution=7, kernels=5s]"
+         flops=_lwa_flops, reference=Reference(_PAPER, _CODE, f"{_ANY_SIZE}; no size assert; opt-in pad_mask=True"),
          )(LocalWindowAttention)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, register, same_channels
 
 __all__ = ["EMA"]
 
@@ -40,9 +40,11 @@ def _flops(m: "EMA", shape) -> int:
                 + 4 * c * h * w)  # two (1 x cg) @ (cg x HW) cross-spatial matmuls per group
 
 
-@register(build=same_channels(channel_params=2, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="EMA: grouped 1x1 (H/W descriptors) and 3x3 branches with cross-spatial softmax matmuls; "
-              "factor = largest divisor of C <= 32")
+@register(build=same_channels(channel_params=2, adapt=_adapt), attention=True, flops=_flops,
+          reference=Reference("Ouyang et al., Efficient Multi-Scale Attention Module, ICASSP 2023",
+                              "YOLOonMe/EMA-attention-module",
+                              "H/W pools are means (same values, dynamic ONNX); a yaml without factor gets the "
+                              "largest divisor of C <= 32"))
 class EMA(nn.Module):
     def __init__(self, channels, c2=None, factor=32):
         super().__init__()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, chain, needs_units, register, same_channels
 
 __all__ = ["CAB"]
 
@@ -28,16 +28,16 @@ class ChannelAttention(nn.Module):
         return x * self.attention(x)
 
 
-def _adapt(ctx, args, kwargs):
+def _default_squeeze(ctx, args, kwargs):
+    """squeeze_factor 30, or C when C < 30 (one hidden unit), when the yaml does not give it."""
     if len(args) < 3 and "squeeze_factor" not in kwargs:
         compress = args[1] if len(args) > 1 else kwargs.get("compress_ratio", 3)
         args[1:] = [compress, min(30, ctx.c1)]
         kwargs.pop("compress_ratio", None)
-    compress = args[1] if len(args) > 1 else kwargs.get("compress_ratio", 3)
-    squeeze = args[2] if len(args) > 2 else kwargs["squeeze_factor"]
-    for name, v in (("compress_ratio", compress), ("squeeze_factor", squeeze)):
-        if not isinstance(v, int) or v < 1 or ctx.c1 // v < 1:
-            raise ctx.error(f"CAB {name}={v!r} leaves no channels of the {ctx.c1} input channels")
+
+
+_adapt = chain(_default_squeeze, needs_units("CAB", "compress_ratio", 1, 3, "channels"),
+               needs_units("CAB", "squeeze_factor", 2, 30, "channels"))
 
 
 def _flops(m: "CAB", shape) -> int:
@@ -47,8 +47,11 @@ def _flops(m: "CAB", shape) -> int:
     return b * (2 * 2 * 9 * c * mid * h * w + 2 * 2 * c * hidden)
 
 
-@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="CAB (HAT): 3x3 conv C->C/3, GELU, 3x3 conv, RCAN channel attention (squeeze 30)")
+@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops,
+          reference=Reference("Chen et al., Activating More Pixels in Image Super-Resolution Transformer (HAT), "
+                              "CVPR 2023", "XPixelGroup/HAT hat/archs/hat_arch.py (CAB)",
+                              "as a yaml block it replaces its input (in HAT it is added x0.01 to window attention); "
+                              "a yaml without squeeze_factor gets min(30, C)"))
 class CAB(nn.Module):
     def __init__(self, num_feat, compress_ratio=3, squeeze_factor=30):
         super().__init__()

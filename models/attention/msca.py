@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, register, same_channels
 
 __all__ = ["AttentionModule", "SpatialAttention"]
 
@@ -32,8 +32,12 @@ def _flops_spatial(m, shape) -> int:
     return b * (_msca_flops(c, h, w) + 2 * 2 * c * c * h * w)
 
 
-@register("MSCA", build=same_channels(channel_params=1), attention=True, flops=_flops_module, min_size=1,
-          doc="MSCA (SegNeXt AttentionModule): depthwise 5x5 + strip pairs 7/11/21, 1x1, times the input")
+_REFERENCE = Reference("Guo et al., SegNeXt: Rethinking Convolutional Attention Design, NeurIPS 2022",
+                       "Visual-Attention-Network/SegNeXt mmseg/models/backbones/mscan.py",
+                       "mmcv BaseModule replaced by nn.Module (no state, same numerics)")
+
+
+@register("MSCA", build=same_channels(channel_params=1), attention=True, flops=_flops_module, reference=_REFERENCE)
 class AttentionModule(nn.Module):
     def __init__(self, dim):
         super().__init__()
@@ -52,7 +56,7 @@ class AttentionModule(nn.Module):
 
 
 @register("MSCASpatialAttention", build=same_channels(channel_params=1), attention=True, flops=_flops_spatial,
-          min_size=1, doc="SegNeXt SpatialAttention: 1x1 + GELU, MSCA, 1x1, plus the residual")
+          reference=_REFERENCE)
 class SpatialAttention(nn.Module):
     def __init__(self, d_model):
         super().__init__()

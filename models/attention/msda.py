@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import same_channels, register
+from models.registry import Reference, register, same_channels
 
 __all__ = ["MultiDilatelocalAttention", "MSDA"]
 
@@ -118,9 +118,11 @@ def _flops(m: MultiDilatelocalAttention, shape) -> int:
     return b * h * w * (2 * 3 * c * c + 2 * 2 * c * kk + 2 * c * c)  # qkv, q.k and attn.v, proj
 
 
-@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="MSDA: dilated k x k local attention per head group (DilateFormer), NCHW wrapper; "
-              "num_heads 8, dilation [1,2,3,4] for widths not divisible by 3 heads")
+@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops,
+          reference=Reference("Jiao et al., DilateFormer: Multi-Scale Dilated Transformer, IEEE TMM 2023",
+                              "JIAOJIAYUASD/dilateformer models/dilateformer.py (MultiDilatelocalAttention)",
+                              "never writes into its input (official: in place into a view); NCHW wrapper; a yaml "
+                              "without them gets num_heads 8 and the first dilation set the heads split over"))
 class MSDA(MultiDilatelocalAttention):
     """MultiDilatelocalAttention on NCHW input (same constructor and state_dict)."""
 

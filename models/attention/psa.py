@@ -15,9 +15,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, register, same_channels
 
 __all__ = ["PSA_p", "PSA_s"]
+
+_PAPER = "Liu et al., Polarized Self-Attention: Towards High-quality Pixel-wise Regression, 2021"
+_CODE = "DeLightCMU/PSA semantic-segmentation/network/PSA.py"
 
 
 def _softmax32(v: torch.Tensor, dim: int) -> torch.Tensor:
@@ -72,8 +75,9 @@ def _flops(m, shape) -> int:
     return b * (convs + matmuls + up)
 
 
-@register(build=same_channels(channel_params=2), attention=True, flops=_flops, min_size=1,
-          doc="PSA_p: polarized self-attention, channel-only and spatial-only branches in parallel (paper gate)")
+@register(build=same_channels(channel_params=2), attention=True, flops=_flops,
+          reference=Reference(_PAPER, _CODE, "default gate='paper' (softmax over channels, the paper's equation); "
+                                             "gate='official' keeps the official softmax-then-sigmoid"))
 class PSA_p(_PolarizedBase):  # noqa: N801
     def __init__(self, inplanes, planes, kernel_size=1, stride=1, gate="paper"):
         if gate not in ("paper", "official"):
@@ -95,8 +99,7 @@ class PSA_p(_PolarizedBase):  # noqa: N801
         return self.spatial_pool(x) + self.channel_pool(x)
 
 
-@register(build=same_channels(channel_params=2), attention=True, flops=_flops, min_size=1,
-          doc="PSA_s: polarized self-attention, channel-only then spatial-only branch (official numerics)")
+@register(build=same_channels(channel_params=2), attention=True, flops=_flops, reference=Reference(_PAPER, _CODE))
 class PSA_s(_PolarizedBase):  # noqa: N801
     ratio = 4
 

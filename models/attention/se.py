@@ -9,15 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, needs_units, register, same_channels
 
 __all__ = ["SE"]
-
-
-def _adapt(ctx, args, kwargs):
-    reduction = args[1] if len(args) > 1 else kwargs.get("reduction", 16)
-    if not kwargs.get("squeeze_channels") and ctx.c1 // reduction < 1:
-        raise ctx.error(f"SE reduction={reduction} leaves no squeeze channels for {ctx.c1} input channels")
 
 
 def _flops(m: "SE", shape) -> int:
@@ -25,8 +19,13 @@ def _flops(m: "SE", shape) -> int:
     return 2 * b * 2 * m.fc1.in_channels * m.fc1.out_channels  # two FCs on the pooled vector
 
 
-@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="SE: global average pool, FC C->C/r, ReLU, FC C/r->C, sigmoid channel gate (r=16)")
+_adapt = needs_units("SE", "reduction", 1, 16, "squeeze channels", unless=("squeeze_channels", 2))
+
+
+@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops,
+          reference=Reference("Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
+                              "hujie-frank/SENet is Caffe only; keys of torchvision's SqueezeExcitation",
+                              "mean over H, W instead of AdaptiveAvgPool2d (same values, dynamic-shape ONNX)"))
 class SE(nn.Module):
     """SE(channels, reduction=16, squeeze_channels=None); squeeze = channels // reduction as in the paper."""
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.attention.coordatt import h_sigmoid  # the same parameter-free hard sigmoid
-from models.registry import same_channels, register
+from models.registry import Reference, register, same_channels
 
 __all__ = ["Sea_Attention"]
 
@@ -84,9 +84,10 @@ def _flops(m: "Sea_Attention", shape) -> int:
     return b * (h * w * per_pixel + axial)
 
 
-@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, min_size=1,
-          doc="Sea_Attention: squeeze-axial row/column attention plus a gated depthwise detail branch; "
-              "key_dim 16, num_heads min(8, C/16)")
+@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops,
+          reference=Reference("Wan et al., SeaFormer: Squeeze-enhanced Axial Transformer, ICLR 2023",
+                              "fudan-zvg/SeaFormer seaformer-cls/seaformer.py (Sea_Attention)",
+                              "activation=None means ReLU6 (official: crashes); mmcv norm replaced by BatchNorm2d"))
 class Sea_Attention(nn.Module):  # noqa: N801
     def __init__(self, dim, key_dim, num_heads, attn_ratio=2, activation=None, norm_cfg=None):
         super().__init__()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import same_channels, register
+from models.registry import Reference, register, same_channels
 
 __all__ = ["simam_module"]
 
@@ -18,10 +18,13 @@ def _flops(m, shape) -> int:
     return 0  # elementwise only
 
 
-@register("SimAM", build=same_channels(channel_params=1), attention=True, flops=_flops, min_size=1,
-          doc="SimAM: parameter-free gate sigmoid((x-mu)^2 / (4(var+lambda)) + 1/2); 1x1 maps safe")
-@register(build=same_channels(channel_params=1), attention=True, flops=_flops, min_size=1,
-          doc="simam_module: official name of SimAM")
+_REFERENCE = Reference("Yang et al., SimAM: A Simple, Parameter-Free Attention Module, ICML 2021",
+                       "ZjjConan/SimAM networks/attentions/simam_module.py",
+                       "variance divisor H*W-1 clamped to >= 1 (official: NaN on 1x1 maps); energy in fp32")
+
+
+@register("SimAM", build=same_channels(channel_params=1), attention=True, flops=_flops, reference=_REFERENCE)
+@register(build=same_channels(channel_params=1), attention=True, flops=_flops, reference=_REFERENCE)
 class simam_module(nn.Module):  # noqa: N801 (official class name)
     def __init__(self, channels=None, e_lambda=1e-4):
         super().__init__()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import register, same_channels
+from models.registry import Reference, register, same_channels
 
 __all__ = ["TripletAttention"]
 
@@ -55,8 +55,10 @@ def triplet_flops(m: "TripletAttention", shape) -> int:
     return 2 * 98 * b * planes
 
 
-@register(build=same_channels(channel_params=1), attention=True, flops=triplet_flops, min_size=1,
-          doc="TripletAttention(gate_channels, reduction_ratio=16, pool_types=('avg','max'), no_spatial=False)")
+@register(build=same_channels(channel_params=1), attention=True, flops=triplet_flops,
+          reference=Reference("Misra et al., Rotate to Attend: Convolutional Triplet Attention Module, WACV 2021",
+                              "landskape-ai/triplet-attention MODELS/triplet_attention.py",
+                              "nothing (bit-identical); the refactored root variant's keys load too"))
 class TripletAttention(nn.Module):
     def __init__(self, gate_channels=None, reduction_ratio=16, pool_types=("avg", "max"), no_spatial=False):
         super().__init__()
