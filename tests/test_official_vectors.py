@@ -89,3 +89,15 @@ def test_lwa_pad_mask_is_an_opt_in_fix():
         y, grad = forward_backward(our_block(vec, pad_mask=True), vec)
         assert_close(y, vec["output"], f"{name} output with pad_mask=True")
         assert_close(grad, vec["grad_input"], f"{name} input gradient with pad_mask=True")
+
+
+def test_triplet_train_mode_uses_batch_statistics_like_the_official_module():
+    """triplet_bnstats.pt also holds the official module's train-mode output and input gradient (BN on batch
+    statistics) for the same input and upstream gradient."""
+    vec = load("triplet_bnstats.pt")
+    m = our_block(vec).train()
+    x = vec["input"].clone().requires_grad_(True)
+    y = m(x)
+    y.backward(vec["grad_output"])
+    assert_close(y.detach(), vec["train_output"], "train-mode output")
+    assert_close(x.grad, vec["train_grad_input"], "train-mode input gradient")
