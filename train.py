@@ -130,7 +130,8 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:
 
 
 def run(callbacks: Callbacks | None = None, **kwargs) -> tuple:
-    """train.run(data='data/shapes.yaml', imgsz=64, epochs=1, ...) -> final (P, R, mAP50, mAP50-95, box, obj, cls)."""
+    """train.run(data='data/shapes.yaml', imgsz=64, epochs=1, ...) -> final (P, R, mAP50, mAP50-95, box, obj, cls)
+    of best.pt, as YOLOv5 returns it; engine.trainer.train(opt, device) returns the same as a named ValResult."""
     opt = parse_opt(True, argv=[])
     unknown = [k for k in kwargs if not hasattr(opt, k)]
     if unknown:

@@ -164,3 +164,16 @@ def test_non_finite_loss_is_skipped_then_stops(tiny_data, tmp_path, monkeypatch,
 def test_unknown_option_is_rejected():
     with pytest.raises(TypeError, match="epochz"):
         train.run(epochz=3)
+
+
+def test_trainer_seeds_are_distinct_functions_of_their_parts():
+    """One seed per (run seed, epoch, rank) and one for the initial weights, all from utils' one helper:
+    no two coincide (derive_seed ignores trailing zeros, so the purpose tags must keep them apart)."""
+    from engine.trainer.seeds import epoch_seed, model_init_seed
+    from utils.torch_utils import derive_seed, derive_seeds
+
+    epochs = {(s, e, r): epoch_seed(s, e, r) for s in (0, 1, 3) for e in range(4) for r in (0, 1)}
+    inits = {s: model_init_seed(s) for s in (0, 1, 3)}
+    assert len(set(epochs.values()) | set(inits.values())) == len(epochs) + len(inits)
+    assert epoch_seed(3, 2, -1) == epoch_seed(3, 2, 0) == epochs[3, 2, 0]  # a single process is rank 0
+    assert derive_seeds(3, 2, 7, n=2)[0] == derive_seed(3, 2, 7) != derive_seeds(3, 2, 7, n=2)[1]

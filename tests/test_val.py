@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import val
-from engine.validator import ValOutputs, ValResult, ValSettings, validate_model, validate_weights
+from engine.validator import ValOutputs, ValResult, validate_model, validate_weights
 from models.yolo import Model
 from utils.checkpoint import make_checkpoint, save_checkpoint
 from utils.train.results import RESULT_KEYS

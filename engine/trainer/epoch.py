@@ -69,10 +69,28 @@ def skip_bad_step(epoch: int, i: int, bad_in_row: int) -> int:
     return bad_in_row
 
 
+def forward_loss(state: TrainState, imgs: torch.Tensor, targets: torch.Tensor):
+    with autocast(state):
+        loss, loss_items = state.compute_loss(state.model(imgs), targets.to(state.device))
+    if WORLD_SIZE > 1:
+        loss *= WORLD_SIZE  # DDP averages gradients over ranks; v6.1 scales the loss back up
+    return loss, loss_items
+
+
+def show_batch(state: TrainState, pbar, epoch: int, mloss: torch.Tensor, batch: tuple) -> None:
+    """Progress bar line, then on_train_batch_end(ni, imgs, targets, paths) (rank 0)."""
+    ni, imgs, targets, paths = batch
+    mem = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if state.cuda else "0G"
+    pbar.set_description(("%10s" * 2 + "%10.4g" * 5) % (
+        f"{epoch}/{state.opt.epochs - 1}", mem, *mloss.tolist(), targets.shape[0], imgs.shape[-1]))
+    pbar.update(1)
+    state.callbacks.run("on_train_batch_end", ni, imgs, targets, paths)
+
+
 def train_one_epoch(state: TrainState, epoch: int, nb: int, nw: int) -> tuple[torch.Tensor, list[float]]:
     """One pass over the training set; returns mean (box, obj, cls) losses and the epoch's LRs."""
-    opt, model = state.opt, state.model
-    model.train()
+    opt = state.opt
+    state.model.train()
     seed_epoch(state, epoch)
     if opt.image_weights:
         resample_images(state)
@@ -93,11 +111,7 @@ def train_one_epoch(state: TrainState, epoch: int, nb: int, nw: int) -> tuple[to
             accumulate = apply_warmup(state.optimizer, ni, nw, epoch, state.lf, state.hyp, opt.batch_size, nbs)
         if opt.multi_scale:
             imgs = multi_scale(imgs, opt.imgsz, state.gs)
-        with autocast(state):
-            pred = model(imgs)
-            loss, loss_items = state.compute_loss(pred, targets.to(state.device))
-        if WORLD_SIZE > 1:
-            loss *= WORLD_SIZE  # DDP averages gradients over ranks; v6.1 scales the loss back up
+        loss, loss_items = forward_loss(state, imgs, targets)
         if not all_ranks_finite(loss):
             bad_in_row = skip_bad_step(epoch, i, bad_in_row + 1)
             continue
@@ -110,11 +124,7 @@ def train_one_epoch(state: TrainState, epoch: int, nb: int, nw: int) -> tuple[to
         mloss = (mloss * n_ok + loss_items) / (n_ok + 1)
         n_ok += 1
         if pbar is not None:
-            mem = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if state.cuda else "0G"
-            pbar.set_description(("%10s" * 2 + "%10.4g" * 5) % (
-                f"{epoch}/{opt.epochs - 1}", mem, *mloss.tolist(), targets.shape[0], imgs.shape[-1]))
-            pbar.update(1)
-            state.callbacks.run("on_train_batch_end", ni, imgs, targets, paths)
+            show_batch(state, pbar, epoch, mloss, (ni, imgs, targets, paths))
     if pending:  # gradients never cross an epoch boundary, so last.pt holds the complete state
         optimizer_step(state)
     if pbar is not None:

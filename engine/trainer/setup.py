@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torch.nn as nn
 import yaml
 
@@ -15,7 +14,7 @@ from models.yolo import Model
 from utils.checkpoint import load_checkpoint
 from utils.data.dataset_yaml import check_dataset
 from utils.log import LOGGER, colorstr
-from utils.torch_utils import check_img_size, out_of_place_activations
+from utils.torch_utils import check_img_size, out_of_place_activations, seed_rngs
 from utils.train.loggers import TrainLoggers
 
 
@@ -31,7 +30,7 @@ def setup(state: TrainState) -> None:
         (state.save_dir / "hyp.yaml").write_text(yaml.safe_dump(state.hyp_source, sort_keys=False))
         (state.save_dir / "opt.yaml").write_text(yaml.safe_dump(plain_options(opt), sort_keys=False))
         TrainLoggers(state.save_dir, plots=not opt.noplots).attach(state.callbacks)
-    torch.manual_seed(model_init_seed(opt.seed))  # identical initial weights on every rank
+    seed_rngs(model_init_seed(opt.seed))  # identical initial weights on every rank
     state.data = check_dataset(opt.data)
     if opt.single_cls:
         state.data["names"], state.data["nc"] = ["item"], 1

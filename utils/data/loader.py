@@ -10,11 +10,9 @@ because the sampler (main process) reads `dataset.indices` each epoch, so train.
 `dataset.indices = random.choices(...)` as in YOLOv5.
 """
 import os
-import random
 from contextlib import contextmanager
 
 import cv2
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
@@ -22,7 +20,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from utils.data.dataset import LoadImagesAndLabels
 from utils.log import LOGGER
-from utils.torch_utils import derive_seed
+from utils.torch_utils import derive_seed, seed_rngs
 
 PIN_MEMORY = str(os.getenv("PIN_MEMORY", True)).lower() == "true"
 # derive_seed purpose tags (utils/torch_utils.py): the shuffle order of (seed, epoch), the workers' base seed
@@ -98,9 +96,7 @@ class EpochBatches(Sampler):
 def seed_worker(worker_id):
     """Seed numpy/random for items fetched by a plain index (from torch's per-worker seed, which the loader's
     generator fixes); keep OpenCV single-threaded inside workers."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+    seed_rngs(torch.initial_seed() % 2**32)
     cv2.setNumThreads(0)  # the workers are the parallelism; cv2 threads would only fight over cores
 
 
