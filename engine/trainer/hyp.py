@@ -5,7 +5,6 @@ from pathlib import Path
 
 import yaml
 
-from utils.train.loss import scale_hyp_gains
 from utils.train.optim import NOMINAL_BATCH, scaled_weight_decay
 
 
@@ -17,6 +16,15 @@ def load_hyp(source) -> dict:
 def nominal_batch(hyp: dict) -> int:
     """Batch size gradients are accumulated to: 64 as v6.1 unless the hyp file sets 'nbs'."""
     return int(hyp.get("nbs", NOMINAL_BATCH))
+
+
+def scale_hyp_gains(hyp: dict, nc: int, nl: int, imgsz: int) -> dict:
+    """v6.1 train.py's rescaling of the loss gains to the number of levels, classes and image size."""
+    hyp = dict(hyp)
+    hyp["box"] *= 3 / nl
+    hyp["cls"] *= nc / 80 * 3 / nl
+    hyp["obj"] *= (imgsz / 640) ** 2 * 3 / nl
+    return hyp
 
 
 def settle_hyp(source: dict, *, nc: int, nl: int, imgsz: int, batch_size: int, label_smoothing: float) -> dict:

@@ -23,15 +23,6 @@ def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
     return 1.0 - 0.5 * eps, 0.5 * eps
 
 
-def scale_hyp_gains(hyp: dict, nc: int, nl: int, imgsz: int) -> dict:
-    """v6.1 train.py's rescaling of the loss gains to the number of levels, classes and image size."""
-    hyp = dict(hyp)
-    hyp["box"] *= 3 / nl
-    hyp["cls"] *= nc / 80 * 3 / nl
-    hyp["obj"] *= (imgsz / 640) ** 2 * 3 / nl
-    return hyp
-
-
 class FocalLoss(nn.Module):
     """Focal loss around a BCE-with-logits loss (gamma, alpha as in the focal-loss paper)."""
 
