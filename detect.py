@@ -12,22 +12,21 @@ Results go to runs/detect/exp*, labels (--save-txt) to runs/detect/exp*/labels.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Idle OpenMP threads sleep instead of spinning (as train.py): on a shared CPU spinning workers of
-# busy processes slow each other several-fold. Only takes effect when set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
+
+from utils.cpu_alloc import passive_omp_waits  # noqa: E402  (imports no torch)
+
+passive_omp_waits()  # before torch loads, or it has no effect (see utils/cpu_alloc.py)
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from utils.annotate import Annotator, colors, display_available, save_one_box  # noqa: E402
 from models.backends import load_backend  # noqa: E402
@@ -138,7 +137,7 @@ def run(weights="yolov5s.pt", source=ROOT / "data/images", imgsz=(640, 640), con
     device = select_device(device)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
-    backend = load_backend(weights, device, half=half)
+    backend = load_backend(weights, device, half=half, dnn=dnn)
     imgsz = check_img_size([imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz), backend.stride)
     backend.check_imgsz(imgsz)  # a static export: --imgsz must be its size
     # minimal (stride-multiple) padding needs a model that takes any (h, w): PyTorch or a dynamic export
@@ -198,7 +197,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--hide-labels", default=False, action="store_true", help="hide labels")
     p.add_argument("--hide-conf", default=False, action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference")
-    p.add_argument("--dnn", action="store_true", help="(ONNX via OpenCV DNN; not supported yet)")
+    p.add_argument("--dnn", action="store_true", help="accepted for YOLOv5 compatibility and ignored (warns): "
+                   ".onnx runs on onnxruntime")
     opt = p.parse_args(argv)
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz[:2]
     if len(opt.weights) == 1:

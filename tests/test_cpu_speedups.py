@@ -1,12 +1,19 @@
-"""CPU training helpers: glibc allocator settings and out-of-place activations (both change no numerics)."""
+"""CPU helpers: glibc allocator settings, out-of-place activations (both change no numerics), the channels-last
+probe and the OpenMP idle policy."""
+import os
 import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from models.common import Conv
 from utils.cpu_alloc import keep_freed_memory
-from utils.torch_utils import initialize_weights, out_of_place_activations
+from utils.torch_utils import initialize_weights, out_of_place_activations, try_channels_last
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_keep_freed_memory_on_glibc():
@@ -31,3 +38,34 @@ def test_out_of_place_activations_same_gradients():
         out_of_place_activations(model)
     assert not any(m.inplace for m in acts)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+class FlattensFeatures(nn.Module):
+    """A block that .view()s (c, h, w) as one dim, which NHWC memory cannot give it."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        return x.view(b, c * h * w).softmax(-1).view(b, c, h, w)
+
+
+def test_try_channels_last_switches_or_leaves_the_model_as_it_was():
+    probe = torch.zeros(1, 3, 16, 16)
+    ok = nn.Sequential(Conv(3, 8, 3), Conv(8, 8, 1)).train()
+    assert try_channels_last(ok, probe)
+    assert ok[0].conv.weight.is_contiguous(memory_format=torch.channels_last) and ok.training
+    bad = nn.Sequential(Conv(3, 8, 3), FlattensFeatures()).train()
+    assert not try_channels_last(bad, probe)
+    assert bad[0].conv.weight.is_contiguous() and bad.training
+    assert bad[0].bn.num_batches_tracked.item() == 0  # probed in eval mode: no BatchNorm statistics moved
+
+
+def test_cpu_alloc_imports_no_torch_and_sets_a_passive_omp_default():
+    """The CLIs call passive_omp_waits() before torch loads; it only helps if importing it loads no torch."""
+    code = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None); from utils.cpu_alloc import passive_omp_waits; "
+            "assert 'torch' not in sys.modules; passive_omp_waits(); print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}  # an explicit setting wins
+    code = "import os; from utils.cpu_alloc import passive_omp_waits; passive_omp_waits(); print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

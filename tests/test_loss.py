@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from engine.trainer.hyp import scale_hyp_gains
 from models.yolo import Detect
-from utils.train.loss import ComputeLoss, FocalLoss, ObjectnessAndMatched, scale_hyp_gains, smooth_bce
+from utils.train.loss import ComputeLoss, FocalLoss, ObjectnessAndMatched, smooth_bce
 
 HYP = dict(box=0.05, obj=1.0, cls=0.5, cls_pw=1.0, obj_pw=1.0, anchor_t=4.0, fl_gamma=0.0, label_smoothing=0.0)
 STRIDES = (8.0, 16.0, 32.0)

@@ -6,9 +6,13 @@ import pytest
 import torch
 import yaml
 
+import engine.trainer.epoch
+import engine.trainer.optimization
 import train
+from engine.trainer import freeze_layers
 from utils.callbacks import Callbacks
 from utils.checkpoint import load_checkpoint
+from utils.data.dataset import DEFAULT_HYP
 from utils.data.shapes import NAMES, generate_shapes
 
 TINY = dict(imgsz=64, batch_size=4, workers=0, cfg="yolov5n.yaml", weights="", noautoanchor=True, seed=3)
@@ -59,6 +63,30 @@ def test_defaults_train_the_demo_from_scratch_without_shared_files():
     assert other.cfg is None and other.optimizer == "SGD" and Path(other.hyp).name == "hyp.scratch-low.yaml"
     assert other.noval is False
     assert train.fill_defaults(train.parse_opt(argv=["--no-noval"])).noval is False
+
+
+def test_hyp_is_settled_once_and_is_what_the_loss_and_checkpoints_use(tiny_data, tmp_path, monkeypatch):
+    """hyp.yaml keeps the file's values (reusable as --hyp, as YOLOv5); the loss and the checkpoints get one
+    dict settled from them before training (v6.1's gains, smoothing and decay) that nothing rewrites after."""
+    made = []
+
+    class Recording(engine.trainer.optimization.ComputeLoss):
+        def __init__(self, model, hyp):
+            super().__init__(model, hyp)
+            made.append((hyp, dict(hyp)))  # the dict itself, and a copy of it as it was at the start
+    monkeypatch.setattr(engine.trainer.optimization, "ComputeLoss", Recording)
+    opts = {**TINY, "batch_size": 6, "imgsz": 96, "label_smoothing": 0.1}
+    train.run(data=tiny_data, epochs=1, project=str(tmp_path), name="hyp", noplots=True, **opts)
+    source = yaml.safe_load((tmp_path / "hyp" / "hyp.yaml").read_text())
+    assert source == yaml.safe_load(DEFAULT_HYP.read_text())  # not the demo data: the default hyp file, as is
+    nc, nl, accumulate = len(NAMES), 3, round(64 / 6)
+    want = {**source, "box": source["box"] * 3 / nl, "cls": source["cls"] * nc / 80 * 3 / nl,
+            "obj": source["obj"] * (96 / 640) ** 2 * 3 / nl, "label_smoothing": 0.1,
+            "weight_decay": source["weight_decay"] * 6 * accumulate / 64}
+    assert len(made) == 1, "one loss, built once"
+    used, at_start = made[0]
+    assert used == pytest.approx(want) and used == at_start  # unchanged through training
+    assert load_checkpoint(tmp_path / "hyp" / "weights" / "last.pt")["hyp"] == used
 
 
 class CrashAfterFirstSave(RuntimeError):
@@ -115,19 +143,19 @@ def test_transfer_from_official_weights(official_weights, caplog):
 def test_freeze_layers():
     from models.yolo import Model
     model = Model("yolov5n.yaml", nc=2)
-    frozen = train.freeze_layers(model, [3])
+    frozen = freeze_layers(model, [3])
     assert frozen and all(k.split(".")[1] in {"0", "1", "2"} for k in frozen)
     assert all(p.requires_grad for n, p in model.named_parameters() if n.split(".")[1] not in {"0", "1", "2"})
-    assert {k.split(".")[1] for k in train.freeze_layers(model, [0, 5])} == {"0", "5"}
+    assert {k.split(".")[1] for k in freeze_layers(model, [0, 5])} == {"0", "5"}
 
 
 def test_non_finite_loss_is_skipped_then_stops(tiny_data, tmp_path, monkeypatch, caplog):
-    class NanLoss(train.ComputeLoss):
+    class NanLoss(engine.trainer.optimization.ComputeLoss):
         def __call__(self, preds, targets):
             loss, items = super().__call__(preds, targets)
             return loss * float("nan"), items
-    monkeypatch.setattr(train, "ComputeLoss", NanLoss)
-    monkeypatch.setattr(train, "MAX_BAD_STEPS", 2)
+    monkeypatch.setattr(engine.trainer.optimization, "ComputeLoss", NanLoss)
+    monkeypatch.setattr(engine.trainer.epoch, "MAX_BAD_STEPS", 2)
     with pytest.raises(FloatingPointError, match="epoch 0 batch 1"):
         train.run(data=tiny_data, epochs=1, project=str(tmp_path), name="nan", noplots=True, **TINY)
     assert not (tmp_path / "nan" / "weights" / "last.pt").exists()  # no poisoned weights were saved
@@ -136,3 +164,16 @@ def test_non_finite_loss_is_skipped_then_stops(tiny_data, tmp_path, monkeypatch,
 def test_unknown_option_is_rejected():
     with pytest.raises(TypeError, match="epochz"):
         train.run(epochz=3)
+
+
+def test_trainer_seeds_are_distinct_functions_of_their_parts():
+    """One seed per (run seed, epoch, rank) and one for the initial weights, all from utils' one helper:
+    no two coincide (derive_seed ignores trailing zeros, so the purpose tags must keep them apart)."""
+    from engine.trainer.seeds import epoch_seed, model_init_seed
+    from utils.torch_utils import derive_seed, derive_seeds
+
+    epochs = {(s, e, r): epoch_seed(s, e, r) for s in (0, 1, 3) for e in range(4) for r in (0, 1)}
+    inits = {s: model_init_seed(s) for s in (0, 1, 3)}
+    assert len(set(epochs.values()) | set(inits.values())) == len(epochs) + len(inits)
+    assert epoch_seed(3, 2, -1) == epoch_seed(3, 2, 0) == epochs[3, 2, 0]  # a single process is rank 0
+    assert derive_seeds(3, 2, 7, n=2)[0] == derive_seed(3, 2, 7) != derive_seeds(3, 2, 7, n=2)[1]

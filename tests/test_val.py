@@ -1,5 +1,6 @@
-"""val.py: run() standalone and from training, outputs (txt/json/plots), --save-hybrid giving a perfect
-score, the official model on coco8 (the metric rules themselves are tested in test_metrics.py)."""
+"""The validator (engine/validator.py) and val.py around it: standalone and training calls, the named result
+and val.run's YOLOv5 tuple, outputs (txt/json/plots), --save-hybrid giving a perfect score, the official model
+on coco8 (the metric rules themselves are tested in test_metrics.py)."""
 import math
 
 import cv2
@@ -9,8 +10,10 @@ import torch
 import yaml
 
 import val
+from engine.validator import ValOutputs, ValResult, validate_model, validate_weights
 from models.yolo import Model
 from utils.checkpoint import make_checkpoint, save_checkpoint
+from utils.train.results import RESULT_KEYS
 
 NAMES = ["box", "disc"]
 
@@ -79,21 +82,60 @@ def test_save_hybrid_scores_perfectly_and_writes_everything(tmp_path, weights, l
     assert float(coco.split("mAP@.5:.95")[1].split()[0].strip(",")) == pytest.approx(1.0, abs=0.01)
 
 
-def test_training_call_restores_model_and_reports_losses(tmp_path, tiny_model):
+def _val_loader(tmp_path, n=4):
     from utils.data.loader import create_dataloader
+
+    make_dataset(tmp_path / "ds", n=n)
+    d = {"names": NAMES, "nc": 2, "val": str(tmp_path / "ds" / "images" / "val")}
+    return d, create_dataloader(d["val"], 96, 4, 32, pad=0.5, rect=True, workers=0)[0]
+
+
+def test_training_call_restores_model_and_reports_losses(tmp_path, tiny_model):
     from utils.train.loss import ComputeLoss
 
-    data, _ = make_dataset(tmp_path / "ds", n=4)
-    d = {"names": NAMES, "nc": 2, "val": str(tmp_path / "ds" / "images" / "val")}
-    loader = create_dataloader(d["val"], 96, 4, 32, pad=0.5, rect=True, workers=0)[0]
+    d, loader = _val_loader(tmp_path)
     model = tiny_model.train()
-    model.hyp = yaml.safe_load((val.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
+    hyp = yaml.safe_load((val.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
     for half in (None, True):  # None: fp32 on CPU as v6.1; True: pure fp16 on CPU when asked
-        r, maps, t = val.run(data=d, batch_size=4, imgsz=96, model=model, dataloader=loader, plots=False,
-                             save_dir=tmp_path, compute_loss=ComputeLoss(model), half=half)
-        assert len(r) == 7 and all(math.isfinite(x) for x in r) and all(x > 0 for x in r[4:7])
+        r = validate_model(model, loader, d, ValOutputs(tmp_path), compute_loss=ComputeLoss(model, hyp), half=half)
+        assert isinstance(r, ValResult) and r.maps.shape == (2,) and len(r.speed_ms) == 3
+        assert all(math.isfinite(x) for x in r.as_tuple()) and min(r.box_loss, r.obj_loss, r.cls_loss) > 0
         assert model.training and next(model.parameters()).dtype == torch.float32
-        assert maps.shape == (2,)
+
+
+def test_val_run_keeps_yolov5s_tuple_of_the_named_result(tmp_path, tiny_model):
+    """val.run(model=..., dataloader=...) (YOLOv5's training call) returns ValResult.legacy(): the same figures,
+    positionally in YOLOv5's order; columns() names them as results.csv does."""
+    from utils.train.loss import ComputeLoss
+
+    d, loader = _val_loader(tmp_path)
+    hyp = yaml.safe_load((val.ROOT / "data" / "hyps" / "hyp.scratch-low.yaml").read_text())
+    loss = ComputeLoss(tiny_model, hyp)
+    named = validate_model(tiny_model, loader, d, ValOutputs(tmp_path), compute_loss=loss)
+    (p, r, m50, m, box, obj, cls), maps, t = val.run(d, model=tiny_model, dataloader=loader, plots=False,
+                                                   save_dir=tmp_path, compute_loss=loss)
+    assert (p, r, m50, m, box, obj, cls) == (named.precision, named.recall, named.map50, named.map,
+                                             named.box_loss, named.obj_loss, named.cls_loss)
+    assert np.array_equal(maps, named.maps) and len(t) == 3
+    cols = named.columns()
+    assert list(cols) == [k for k in RESULT_KEYS if k.startswith(("metrics/", "val/"))]
+    assert cols["metrics/mAP_0.5"] == m50 and cols["val/obj_loss"] == obj
+    assert named.fitness == pytest.approx(0.1 * m50 + 0.9 * m)
+
+
+def test_dnn_flag_is_accepted_and_warned_about_once(tmp_path, weights, log_lines):
+    """YOLOv5's --dnn (OpenCV DNN for ONNX) does not exist here: accepted, one warning per process."""
+    from models.backends import _warn_dnn_ignored
+
+    _warn_dnn_ignored.cache_clear()  # another test in this process may have warned already
+    data, _ = make_dataset(tmp_path / "ds", n=2)
+    opt = val.parse_opt(["--data", str(data), "--weights", str(weights), "--img", "96", "--device", "cpu",
+                         "--workers", "0", "--dnn", "--project", str(tmp_path / "r")])
+    for _ in range(2):
+        r, _, _ = val.main(opt)
+        assert len(r) == 7
+    warned = [line for line in log_lines if "--dnn" in line]
+    assert len(warned) == 1 and "ignored" in warned[0]
 
 
 def test_speed_task_with_single_cls(tmp_path, weights, log_lines):
@@ -130,6 +172,31 @@ def test_official_yolov5n_on_coco8_agrees_with_pycocotools(tmp_path, shared_dir,
     coco_map, coco_map50 = coco_evaluate(d / "yolov5n_gt.json", d / "yolov5n_predictions.json")
     assert r[3] > 0.2, "the official model should find most of coco8's objects"
     assert abs(coco_map - r[3]) < 0.02 and abs(coco_map50 - r[2]) < 0.02
+
+
+def test_training_and_standalone_calls_agree_on_coco8(tmp_path, shared_dir, official_weights):
+    """The same model on the same batches scores exactly the same through both entry points: validate_weights
+    (a file, as val.py) and validate_model (an in-memory model and a ready loader, as the trainer). The file's
+    backend runs channels-last on CPU, so the in-memory model does too (else sums reorder at the 1e-6 level)."""
+    from models.load import attempt_load
+    from utils.data.loader import create_dataloader
+    from utils.torch_utils import try_channels_last
+
+    coco8 = shared_dir / "datasets" / "coco8"
+    if not (coco8 / "images" / "val").is_dir():
+        pytest.skip("coco8 is not present")
+    names = yaml.safe_load((val.ROOT / "data" / "coco128.yaml").read_text())["names"]
+    data = {"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}
+    standalone = validate_weights(str(official_weights), data, ValOutputs(tmp_path / "s"), imgsz=320, device="cpu",
+                                  workers=0)
+    from utils.data.dataset_yaml import check_dataset
+    data = check_dataset(data)
+    loader = create_dataloader(data["val"], 320, 32, 32, pad=0.5, rect=True, workers=0)[0]
+    model = attempt_load(str(official_weights), device=torch.device("cpu"), fuse=True)
+    assert try_channels_last(model, torch.zeros(1, 3, 64, 64))
+    training = validate_model(model, loader, data, ValOutputs(tmp_path / "t"))
+    assert standalone.map > 0.2
+    assert training.as_tuple() == standalone.as_tuple() and np.array_equal(training.maps, standalone.maps)
 
 
 def test_load_backend_refuses_unknown_formats_and_mixed_ensembles(tmp_path, weights):

@@ -1,4 +1,8 @@
-"""Keep freed activation memory in the process instead of handing it back to the kernel (glibc only).
+"""CPU process settings torch cannot make for itself: OpenMP's idle policy and glibc's malloc thresholds.
+This module imports no torch on purpose: passive_omp_waits() must run before torch loads.
+
+keep_freed_memory() keeps freed activation memory in the process instead of handing it back to the
+kernel (glibc only).
 
 PyTorch's CPU tensors come from malloc. glibc serves blocks above a (self-adjusting) threshold with
 mmap and returns them to the kernel on free, and trims the heap top when it frees much; every new
@@ -12,11 +16,20 @@ for all sizes; this needs no launcher.
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers from glibc's malloc.h
 MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit glibc; larger values are refused
 TRIM_THRESHOLD = 1 << 30
+
+
+def passive_omp_waits() -> None:
+    """Idle OpenMP threads sleep instead of spinning. On a shared CPU the spinning threads of busy processes
+    slow each other down several-fold (measured 10x on 2 cores). The OpenMP runtime reads the variable once,
+    when torch's libraries load, so the CLIs (train.py, val.py, detect.py) call this at the top, before their
+    first `import torch`; set later it does nothing. An explicit OMP_WAIT_POLICY in the environment wins."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def keep_freed_memory() -> bool:

@@ -1,8 +1,8 @@
-"""Small torch helpers: conv+BN fusion, YOLOv5's weight init, image scaling for TTA, devices, seeds."""
+"""Small torch helpers: conv+BN fusion, YOLOv5's weight init, image scaling for TTA, devices, seeds,
+the channels-last probe."""
 from __future__ import annotations
 
 import math
-import os
 import random
 from contextlib import contextmanager
 
@@ -79,14 +79,24 @@ def select_device(device: str | int | torch.device = "", batch_size: int = 0) ->
     return torch.device(f"cuda:{ids[0]}")
 
 
-def init_seeds(seed: int = 0, deterministic: bool = False) -> None:
+def derive_seed(*parts: int) -> int:
+    """One 32-bit seed from (purpose, run seed, epoch, rank or index, ...), the project's one way to make
+    seeds: well mixed (nearby inputs give unrelated seeds) and a function of its parts alone, so what an
+    epoch or an item draws never depends on what ran before it (a resumed run draws what an uninterrupted
+    one would). Trailing zeros do not change the result, so callers lead with a purpose tag."""
+    return derive_seeds(*parts, n=1)[0]
+
+
+def derive_seeds(*parts: int, n: int) -> list[int]:
+    """n independent seeds from the same parts; the first is derive_seed(*parts)."""
+    return [int(s) for s in np.random.SeedSequence([int(p) % 2**32 for p in parts]).generate_state(n)]
+
+
+def seed_rngs(seed: int) -> None:
+    """Seed Python's random, numpy's global generator and torch's (all devices) from one seed."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def de_parallel(model: nn.Module) -> nn.Module:
@@ -119,3 +129,23 @@ def cpu_threads(n: int, device: torch.device):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def try_channels_last(model: nn.Module, probe: torch.Tensor) -> bool:
+    """Switch `model` to channels-last (NHWC) memory order if it runs `probe` that way, else leave it NCHW.
+
+    NHWC convolutions run ~25-30% faster on CPU (oneDNN), but a block that .view()s flattened spatial dims
+    cannot take NHWC activations; the probe finds out before any real batch does. The model's train/eval
+    mode is kept."""
+    model.to(memory_format=torch.channels_last)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(probe.contiguous(memory_format=torch.channels_last))
+        return True
+    except RuntimeError as e:
+        LOGGER.info(f"channels_last not used ({type(e).__name__}: {str(e)[:80]}); using NCHW")
+        model.to(memory_format=torch.contiguous_format)
+        return False
+    finally:
+        model.train(was_training)

@@ -12,6 +12,7 @@ Every backend has the same small surface:
 """
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -27,12 +28,15 @@ SUFFIXES = (".pt", ".onnx", ".torchscript")
 
 
 def load_backend(weights, device: torch.device = torch.device("cpu"), half: bool = False, fuse: bool = True,
-                 channels_last=None):
+                 channels_last=None, dnn: bool = False):
     """Weights path (.pt, .onnx, .torchscript; or a list of .pt paths for an ensemble) -> a backend on `device`.
 
     half: fp16 for .pt; an exported file runs in the precision it was exported with.
     channels_last (.pt; default: on CPU) runs the convolutions in NHWC memory order, faster with oneDNN.
+    dnn: YOLOv5's --dnn (ONNX through OpenCV DNN); accepted so its command lines keep working, warned about once.
     """
+    if dnn:
+        _warn_dnn_ignored()
     paths = [Path(w) for w in (weights if isinstance(weights, (list, tuple)) else [weights])]
     suffixes = {p.suffix.lower() for p in paths}
     if suffixes == {".pt"}:
@@ -49,6 +53,12 @@ def load_backend(weights, device: torch.device = torch.device("cpu"), half: bool
     if half and not backend.fp16:
         LOGGER.warning(f"WARNING: {path} holds an FP32 graph; --half is ignored (export with --half for FP16)")
     return backend
+
+
+@cache
+def _warn_dnn_ignored() -> None:
+    LOGGER.warning("WARNING: --dnn is ignored (accepted for YOLOv5 compatibility): .onnx weights run on "
+                   "onnxruntime, not OpenCV DNN")
 
 
 def wrap_model(model: torch.nn.Module, half: bool = False) -> TorchBackend:

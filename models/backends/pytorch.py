@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from models.backends.base import Backend, names_list
-from utils.log import LOGGER
+from utils.torch_utils import try_channels_last
 
 
 class TorchBackend(Backend):
@@ -18,21 +18,11 @@ class TorchBackend(Backend):
         self.nc = int(getattr(model, "nc", None) or model.yaml["nc"])
         self.names = names_list(getattr(model, "names", None), self.nc)
         self.stride = int(max(model.stride)) if hasattr(model, "stride") else 32
-        self.channels_last = channels_last and self._try_channels_last()
+        self.channels_last = channels_last and try_channels_last(self.model, self._probe())
 
-    def _try_channels_last(self) -> bool:
-        """NHWC convs run ~30% faster on CPU (oneDNN); keep NCHW for a model whose blocks cannot take it."""
-        self.model.to(memory_format=torch.channels_last)
-        try:
-            with torch.no_grad():
-                x = torch.zeros(1, 3, 2 * self.stride, 2 * self.stride, device=self.device,
-                                dtype=torch.half if self.fp16 else torch.float)
-                self.model(x.contiguous(memory_format=torch.channels_last))
-            return True
-        except RuntimeError as e:
-            LOGGER.info(f"channels-last inference not possible for this model ({e}); using NCHW")
-            self.model.to(memory_format=torch.contiguous_format)
-            return False
+    def _probe(self) -> torch.Tensor:
+        dtype = torch.half if self.fp16 else torch.float
+        return torch.zeros(1, 3, 2 * self.stride, 2 * self.stride, device=self.device, dtype=dtype)
 
     def __call__(self, im: torch.Tensor, augment: bool = False):
         """-> (pred, raw maps): training's validation needs the raw maps for its loss."""

@@ -23,6 +23,7 @@ from utils.boxes import xywhn2xyxy, xyxy2xywhn
 from utils.data.label_cache import NUM_THREADS, load_or_scan, user_cache_dir
 from utils.data.labels import img2label_paths, is_writable, list_image_files
 from utils.log import LOGGER
+from utils.torch_utils import derive_seeds
 
 DEFAULT_HYP = Path(__file__).resolve().parents[2] / "data" / "hyps" / "hyp.scratch-low.yaml"
 _REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -210,9 +211,9 @@ class LoadImagesAndLabels(Dataset):
     def seed_item(self, epoch, index):
         """Reseed random and numpy from (seed, epoch, index): augmentation is then the same whichever
         worker loads the item and whatever it loaded before (mosaic's extra images included)."""
-        s = np.random.SeedSequence([self.seed % 2**32, epoch % 2**32, index]).generate_state(2)
-        random.seed(int(s[0]))
-        np.random.seed(int(s[1]))
+        py_seed, np_seed = derive_seeds(self.seed, epoch, index, n=2)  # untagged: the oldest use, numbers kept
+        random.seed(py_seed)
+        np.random.seed(np_seed)
 
     def __getitem__(self, index):
         """index: an int (global RNG as is), or (index, epoch) from the loader's sampler (reseeded first)."""

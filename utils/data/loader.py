@@ -10,11 +10,9 @@ because the sampler (main process) reads `dataset.indices` each epoch, so train.
 `dataset.indices = random.choices(...)` as in YOLOv5.
 """
 import os
-import random
 from contextlib import contextmanager
 
 import cv2
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
@@ -22,14 +20,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from utils.data.dataset import LoadImagesAndLabels
 from utils.log import LOGGER
+from utils.torch_utils import derive_seed, seed_rngs
 
 PIN_MEMORY = str(os.getenv("PIN_MEMORY", True)).lower() == "true"
-SEED_OFFSET = 6148914691236517205  # a large odd constant so seed 0 is not a weak generator state
-
-
-def mix_seed(*values) -> int:
-    """A well-mixed 32-bit seed from non-negative ints (seed, epoch, ...); nearby inputs give unrelated seeds."""
-    return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(1)[0])
+# derive_seed purpose tags (utils/torch_utils.py): the shuffle order of (seed, epoch), the workers' base seed
+SHUFFLE_SEED_TAG = 6148914691236517205
+WORKER_SEED_TAG = 0x5EED_3017
 
 
 class EpochIndexSampler(Sampler):
@@ -51,7 +47,7 @@ class EpochIndexSampler(Sampler):
         self.epoch += 1  # without a set_epoch() call the next pass is the next epoch
         indices = list(self.dataset.indices)
         if self.shuffle:
-            g = torch.Generator().manual_seed(mix_seed(SEED_OFFSET, self.seed, epoch))
+            g = torch.Generator().manual_seed(derive_seed(SHUFFLE_SEED_TAG, self.seed, epoch))
             indices = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
         for i in indices:
             yield i, epoch
@@ -98,10 +94,9 @@ class EpochBatches(Sampler):
 
 
 def seed_worker(worker_id):
-    """Seed numpy/random for items fetched by a plain index; keep OpenCV single-threaded inside workers."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+    """Seed numpy/random for items fetched by a plain index (from torch's per-worker seed, which the loader's
+    generator fixes); keep OpenCV single-threaded inside workers."""
+    seed_rngs(torch.initial_seed() % 2**32)
     cv2.setNumThreads(0)  # the workers are the parallelism; cv2 threads would only fight over cores
 
 
@@ -151,7 +146,7 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     n_dev = max(torch.cuda.device_count(), 1)
     nw = min((os.cpu_count() or 1) // n_dev, batch_size if batch_size > 1 else 0, workers)
     generator = torch.Generator()  # only the workers' base seed (plain-index items) comes from it
-    generator.manual_seed(SEED_OFFSET + seed + max(rank, 0))
+    generator.manual_seed(derive_seed(WORKER_SEED_TAG, seed, max(rank, 0)))
     if rank == -1:
         sampler = EpochIndexSampler(dataset, shuffle, seed)
     else:

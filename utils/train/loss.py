@@ -23,15 +23,6 @@ def smooth_bce(eps: float = 0.0) -> tuple[float, float]:
     return 1.0 - 0.5 * eps, 0.5 * eps
 
 
-def scale_hyp_gains(hyp: dict, nc: int, nl: int, imgsz: int) -> dict:
-    """v6.1 train.py's rescaling of the loss gains to the number of levels, classes and image size."""
-    hyp = dict(hyp)
-    hyp["box"] *= 3 / nl
-    hyp["cls"] *= nc / 80 * 3 / nl
-    hyp["obj"] *= (imgsz / 640) ** 2 * 3 / nl
-    return hyp
-
-
 class FocalLoss(nn.Module):
     """Focal loss around a BCE-with-logits loss (gamma, alpha as in the focal-loss paper)."""
 
@@ -80,21 +71,23 @@ class ObjectnessAndMatched(torch.autograd.Function):
 
 
 class ComputeLoss:
-    """loss, items = ComputeLoss(model)(preds, targets); items = (box, obj, cls) detached."""
+    """loss, items = ComputeLoss(model, hyp)(preds, targets); items = (box, obj, cls) detached.
 
-    def __init__(self, model: nn.Module, hyp: dict | None = None):
+    hyp: the run's settled hyperparameters (gains already scaled, see engine/trainer/hyp.py); read, never written.
+    """
+
+    def __init__(self, model: nn.Module, hyp: dict):
         model = de_parallel(model)
-        h = hyp if hyp is not None else model.hyp
         det = model.model[-1]
         device = next(model.parameters()).device
-        self.bce_cls = self._bce(h.get("cls_pw", 1.0), h.get("fl_gamma", 0.0), device)
-        self.bce_obj = self._bce(h.get("obj_pw", 1.0), h.get("fl_gamma", 0.0), device)
-        self.cp, self.cn = smooth_bce(h.get("label_smoothing", 0.0))
+        self.bce_cls = self._bce(hyp.get("cls_pw", 1.0), hyp.get("fl_gamma", 0.0), device)
+        self.bce_obj = self._bce(hyp.get("obj_pw", 1.0), hyp.get("fl_gamma", 0.0), device)
+        self.cp, self.cn = smooth_bce(hyp.get("label_smoothing", 0.0))
         self.balance = LEVEL_BALANCE.get(det.nl, LEVEL_BALANCE_DEFAULT)
-        self.gr, self.hyp = 1.0, h
+        self.gr, self.hyp = 1.0, hyp
         self.na, self.nc, self.nl = det.na, det.nc, det.nl
         self.anchors = det.anchors  # (nl, na, 2) in grid units; a live view, so autoanchor updates show
-        self.anchor_t = h["anchor_t"]
+        self.anchor_t = hyp["anchor_t"]
 
     @staticmethod
     def _bce(pos_weight: float, fl_gamma: float, device) -> nn.Module:

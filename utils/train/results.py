@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-RESULT_KEYS = [
-    "train/box_loss", "train/obj_loss", "train/cls_loss",  # training losses
-    "metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95",
-    "val/box_loss", "val/obj_loss", "val/cls_loss",  # validation losses
-    "x/lr0", "x/lr1", "x/lr2",  # learning rate per parameter group
-]
+# results.csv's columns (YOLOv5's names and order), in the groups that fill them.
+TRAIN_LOSS_KEYS = ["train/box_loss", "train/obj_loss", "train/cls_loss"]
+METRIC_KEYS = ["metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"]
+VAL_LOSS_KEYS = ["val/box_loss", "val/obj_loss", "val/cls_loss"]
+LR_KEYS = ["x/lr0", "x/lr1", "x/lr2"]  # learning rate per parameter group
+RESULT_KEYS = TRAIN_LOSS_KEYS + METRIC_KEYS + VAL_LOSS_KEYS + LR_KEYS
 # Panel order of results.png: top row train losses + P + R, bottom row val losses + mAPs (as v6.1).
 PLOT_ORDER = [1, 2, 3, 4, 5, 8, 9, 10, 6, 7]
 
@@ -24,6 +24,14 @@ def csv_header(keys=RESULT_KEYS) -> str:
 def csv_row(epoch: int, values) -> str:
     vals = [epoch, *[float(v) for v in values]]
     return ("%20.5g," * len(vals) % tuple(vals)).rstrip(",") + "\n"
+
+
+def row_values(row: dict, keys=RESULT_KEYS) -> list[float]:
+    """{column name: value} -> values in column order; a missing column is an error, not a shifted row."""
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise KeyError(f"results row lacks columns {missing}")
+    return [float(row[k]) for k in keys]
 
 
 def append_results(path: Path | str, epoch: int, values, keys=RESULT_KEYS) -> None:

@@ -1,0 +1,58 @@
+"""The optimization phase: parameter groups, LR schedule, EMA, resumed state, DDP wrapping, AMP scaler, loss."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from engine.trainer.distributed import LOCAL_RANK
+from engine.trainer.state import TrainState
+from utils.log import LOGGER
+from utils.torch_utils import try_channels_last
+from utils.train.ema import ModelEMA
+from utils.train.loss import ComputeLoss
+from utils.train.optim import build_optimizer, build_scheduler
+
+
+def build_optimization(state: TrainState) -> None:
+    opt, hyp = state.opt, state.hyp
+    state.optimizer = build_optimizer(state.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+    state.scheduler, state.lf = build_scheduler(state.optimizer, opt.epochs, hyp["lrf"], opt.cos_lr)
+    state.ema = ModelEMA(state.model) if state.main else None
+    state.scaler = torch.amp.GradScaler("cuda", enabled=state.cuda)
+    if state.ckpt is not None:
+        restore_training_state(state)
+    state.scheduler.last_epoch = state.start_epoch - 1
+    if opt.sync_bn and LOCAL_RANK != -1:
+        if state.cuda:
+            state.model = nn.SyncBatchNorm.convert_sync_batchnorm(state.model).to(state.device)
+            LOGGER.info("Using SyncBatchNorm()")
+        else:
+            LOGGER.warning("WARNING: --sync-bn needs CUDA devices; ignored on CPU")
+    if not state.cuda:  # NHWC convolutions are faster on CPU (oneDNN), when every block takes them
+        probe = torch.zeros(1, 3, state.gs * 2, state.gs * 2, device=state.device)
+        state.channels_last = try_channels_last(state.model, probe)
+    if LOCAL_RANK != -1:
+        ids = [LOCAL_RANK] if state.cuda else None
+        state.model = nn.parallel.DistributedDataParallel(state.model, device_ids=ids,
+                                                          output_device=ids[0] if ids else None)
+    state.compute_loss = ComputeLoss(state.model, hyp)
+
+
+def restore_training_state(state: TrainState) -> None:
+    """--resume: optimizer, best fitness, EMA, AMP scaler and the next epoch from the checkpoint."""
+    ckpt, opt = state.ckpt, state.opt
+    if ckpt.get("optimizer") is None:
+        raise ValueError(f"{opt.weights} holds no optimizer state (stripped after training finished); nothing to resume")
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.best_fitness = float(ckpt.get("best_fitness") or 0.0)
+    if state.ema is not None and ckpt.get("ema") is not None:
+        state.ema.ema.load_state_dict(ckpt["ema"])
+        state.ema.updates = int(ckpt["updates"])
+    scaler = (ckpt.get("meta") or {}).get("scaler")
+    if scaler and state.scaler.is_enabled():
+        state.scaler.load_state_dict(scaler)
+    state.start_epoch = int(ckpt["epoch"]) + 1
+    if state.start_epoch >= opt.epochs:
+        raise ValueError(f"{opt.weights} has finished training to {opt.epochs} epochs, nothing to resume")
+    LOGGER.info(f"Resuming training from {opt.weights} from epoch {state.start_epoch} to {opt.epochs} total epochs")
+    state.ckpt = None  # free the memory

@@ -1,0 +1,77 @@
+"""The first phases: the run directory and its records, the model, the hyperparameters settled once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+import yaml
+
+from engine.trainer.hyp import load_hyp, settle_hyp
+from engine.trainer.seeds import model_init_seed
+from engine.trainer.state import TrainState, plain_options
+from models.load import model_from_checkpoint, pretrained_model
+from models.yolo import Model
+from utils.checkpoint import load_checkpoint
+from utils.data.dataset_yaml import check_dataset
+from utils.log import LOGGER, colorstr
+from utils.torch_utils import check_img_size, out_of_place_activations, seed_rngs
+from utils.train.loggers import TrainLoggers
+
+
+def setup(state: TrainState) -> None:
+    """Hyp file, run directory, hyp.yaml/opt.yaml, loggers, model-init seed, dataset yaml."""
+    opt = state.opt
+    state.hyp_source = load_hyp(opt.hyp)
+    state.save_dir = Path(opt.save_dir)
+    LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in state.hyp_source.items()))
+    if state.main:
+        state.wdir.mkdir(parents=True, exist_ok=True)
+        # the file's values, as YOLOv5 writes them: reusable as --hyp (the settled ones go into the checkpoints)
+        (state.save_dir / "hyp.yaml").write_text(yaml.safe_dump(state.hyp_source, sort_keys=False))
+        (state.save_dir / "opt.yaml").write_text(yaml.safe_dump(plain_options(opt), sort_keys=False))
+        TrainLoggers(state.save_dir, plots=not opt.noplots).attach(state.callbacks)
+    seed_rngs(model_init_seed(opt.seed))  # identical initial weights on every rank
+    state.data = check_dataset(opt.data)
+    if opt.single_cls:
+        state.data["names"], state.data["nc"] = ["item"], 1
+
+
+def freeze_layers(model: nn.Module, freeze: list[int]) -> list[str]:
+    """--freeze 10 freezes layers 0-9; --freeze 0 1 2 freezes exactly those. Returns frozen parameter names."""
+    prefixes = [f"model.{x}." for x in (freeze if len(freeze) > 1 else range(freeze[0]))]
+    frozen = []
+    for k, v in model.named_parameters():
+        v.requires_grad = not any(k.startswith(x) for x in prefixes)
+        if not v.requires_grad:
+            frozen.append(k)
+    if frozen:
+        LOGGER.info(f"freezing {len(frozen)} parameters in layers {sorted({k.split('.')[1] for k in frozen}, key=int)}")
+    return frozen
+
+
+def build_model(state: TrainState) -> None:
+    """From the checkpoint being resumed, from pretrained --weights into --cfg, or from scratch."""
+    opt, nc, anchors = state.opt, state.data["nc"], state.hyp_source.get("anchors")
+    weights = str(opt.weights or "")
+    if opt.resume:
+        state.ckpt = load_checkpoint(weights)
+        model = model_from_checkpoint(state.ckpt)
+    elif weights.endswith(".pt"):
+        exclude = ["anchor"] if opt.cfg or anchors else []  # v6.1: new anchors when the yaml is given
+        model, _ = pretrained_model(weights, opt.cfg, nc, anchors, exclude)
+    else:
+        model = Model(opt.cfg, ch=3, nc=nc, anchors=anchors)
+    freeze_layers(model, opt.freeze)
+    state.gs = max(int(model.stride.max()), 32)
+    model.nc, model.names = nc, list(state.data["names"])  # as YOLOv5: checkpoints and users read them
+    out_of_place_activations(model)
+    state.model = model.to(state.device)
+
+
+def settle_hyperparameters(state: TrainState) -> None:
+    """--imgsz to a multiple of the grid (at least two cells), then the one settled hyp of the run."""
+    opt = state.opt
+    opt.imgsz = check_img_size(opt.imgsz, state.gs, floor=state.gs * 2)
+    state.hyp = settle_hyp(state.hyp_source, nc=state.data["nc"], nl=state.model.model[-1].nl, imgsz=opt.imgsz,
+                           batch_size=opt.batch_size, label_smoothing=opt.label_smoothing)
+    LOGGER.info(f"Scaled weight_decay = {state.hyp['weight_decay']}")
