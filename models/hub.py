@@ -157,7 +157,9 @@ class AutoShape(nn.Module):
                                  "pass one CHW picture inside a list: model([t])")
             with torch.autocast("cuda", enabled=autocast):
                 x = ims.to(p.device).type_as(p)
-                return self.model(x, augment=augment) if self.pt else self.model(x)
+                y = self.model(x, augment=augment) if self.pt else self.model(x)
+            # (pred, per-level maps): the maps as a tuple, a fixed container for torch.jit.trace
+            return tuple(tuple(v) if isinstance(v, list) else v for v in y) if isinstance(y, (tuple, list)) else y
         t0 = _clock(p.device)
         x, pics, files, shape1 = self._preprocess(ims, size, p)
         t1 = _clock(p.device)
