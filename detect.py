@@ -7,7 +7,10 @@ Usage:
                                                    list.txt         # one path or URL per line
                                                    vid.mp4          # video
                                                    'rtsp://...'     # stream (where OpenCV can open it)
-Results go to runs/detect/exp*, labels (--save-txt) to runs/detect/exp*/labels.
+Results go to runs/detect/exp*, labels (--save-txt) to runs/detect/exp*/labels. Without --source: data/images.
+--visualize writes per picture runs/detect/exp*/<stem>/stage{i}_{type}_features.png (first 32 channels of every
+layer, as YOLOv5) and, for attention blocks, stage{i}_{type}_{map}.png: the block's attention/gate map over the
+picture (see models/attention/views.py).
 """
 from __future__ import annotations
 
@@ -30,6 +33,9 @@ import torch  # noqa: E402
 
 from utils.annotate import Annotator, colors, display_available, save_one_box  # noqa: E402
 from models.backends import load_backend  # noqa: E402
+from models.visualize import Visualizer  # noqa: E402
+from utils.checkpoint import CheckpointError  # noqa: E402
+from utils.data.dataset_yaml import dataset_names  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
 from utils.eval.nms import non_max_suppression  # noqa: E402
@@ -128,12 +134,43 @@ def _check_view_img(view_img: bool) -> bool:
     return ok
 
 
+def _is_placeholder(names: list[str]) -> bool:
+    """Names a model gets when it has none: '0', '1', ... (a fresh Model) or 'class0', ... (exports)."""
+    return names in ([str(i) for i in range(len(names))], [f"class{i}" for i in range(len(names))])
+
+
+def class_names(model_names: list[str], data) -> list[str]:
+    """The model's own class names; --data fills them in for a model without names (as YOLOv5)."""
+    if data is None:
+        return model_names
+    names = dataset_names(data)
+    if not _is_placeholder(model_names):
+        if names != model_names:
+            LOGGER.info(f"--data {data}: the model has class names of its own; using those")
+        return model_names
+    if len(names) != len(model_names):
+        raise ValueError(f"--data {data} has {len(names)} class names but the model predicts {len(model_names)} "
+                         "classes; pass the dataset the model was trained on")
+    return names
+
+
+def _visualizer(backend, visualize: bool):
+    if not visualize:
+        return None
+    if not backend.pt:
+        LOGGER.warning("WARNING: --visualize needs PyTorch (.pt) weights; ignored for an exported model")
+        return None
+    return Visualizer(backend.model)
+
+
 @torch.no_grad()
 def run(weights="yolov5s.pt", source=ROOT / "data/images", imgsz=(640, 640), conf_thres=0.25, iou_thres=0.45,
         max_det=1000, device="", view_img=False, save_txt=False, save_conf=False, save_crop=False, nosave=False,
-        classes=None, agnostic_nms=False, augment=False, project=ROOT / "runs/detect", name="exp", exist_ok=False,
-        line_thickness=3, hide_labels=False, hide_conf=False, half=False, dnn=False) -> Path:
-    """Detect objects in `source`; returns the run directory (annotated files, labels/, crops/)."""
+        classes=None, agnostic_nms=False, augment=False, visualize=False, project=ROOT / "runs/detect", name="exp",
+        exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False, dnn=False, data=None,
+        vid_stride=1) -> Path:
+    """Detect objects in `source`; returns the run directory (annotated files, labels/, crops/, and with
+    `visualize` one folder of feature and attention maps per picture)."""
     device = select_device(device)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
@@ -141,9 +178,10 @@ def run(weights="yolov5s.pt", source=ROOT / "data/images", imgsz=(640, 640), con
     imgsz = check_img_size([imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz), backend.stride)
     backend.check_imgsz(imgsz)  # a static export: --imgsz must be its size
     # minimal (stride-multiple) padding needs a model that takes any (h, w): PyTorch or a dynamic export
-    dataset = load_source(source, imgsz, backend.stride, auto=backend.pt or backend.dynamic)
-    saver = Saver(save_dir, backend.names, not nosave, save_txt, save_conf, save_crop, _check_view_img(view_img),
-                  line_thickness, hide_labels, hide_conf)
+    dataset = load_source(source, imgsz, backend.stride, auto=backend.pt or backend.dynamic, vid_stride=vid_stride)
+    saver = Saver(save_dir, class_names(backend.names, data), not nosave, save_txt, save_conf, save_crop,
+                  _check_view_img(view_img), line_thickness, hide_labels, hide_conf)
+    visualizer = _visualizer(backend, visualize)
     backend.warmup((1, 3, *imgsz))
     dt, seen = [0.0, 0.0, 0.0], 0
     try:
@@ -158,12 +196,17 @@ def run(weights="yolov5s.pt", source=ROOT / "data/images", imgsz=(640, 640), con
                 preds = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)
             t4 = _time(device)
             dt = [dt[0] + t2 - t1, dt[1] + t3 - t2, dt[2] + t4 - t3]
+            if visualizer:  # image 0 of the batch, as YOLOv5; not timed
+                vis_dir = increment_path(save_dir / Path(frame.paths[0]).stem, mkdir=True)
+                visualizer.save(vis_dir, frame.im0s[0], im.shape[2:])
             for i, det in enumerate(preds):
                 seen += 1
                 s = annotate_one(saver, frame, i, det, im.shape)
                 LOGGER.info(f"{s}Done. ({t3 - t2:.3f}s)")
     finally:
         saver.close()
+        if visualizer:
+            visualizer.close()
     t = tuple(x / max(seen, 1) * 1e3 for x in dt)
     LOGGER.info(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {(1, 3, *imgsz)}" % t)
     if save_txt or saver.save_img:
@@ -190,6 +233,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", nargs="+", type=int, help="filter by class: --classes 0, or --classes 0 2 3")
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
     p.add_argument("--augment", action="store_true", help="augmented inference (flips and scales)")
+    p.add_argument("--visualize", action="store_true",
+                   help="save feature maps of every layer and the attention/gate maps of attention blocks")
     p.add_argument("--project", default=str(ROOT / "runs/detect"), help="save results to project/name")
     p.add_argument("--name", default="exp", help="save results to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
@@ -199,6 +244,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference")
     p.add_argument("--dnn", action="store_true", help="accepted for YOLOv5 compatibility and ignored (warns): "
                    ".onnx runs on onnxruntime")
+    p.add_argument("--data", type=str, default=None, help="dataset.yaml whose class names a model without names uses")
+    p.add_argument("--vid-stride", type=int, default=1, help="use every n-th frame of videos and streams")
     opt = p.parse_args(argv)
     opt.imgsz = opt.imgsz * 2 if len(opt.imgsz) == 1 else opt.imgsz[:2]
     if len(opt.weights) == 1:
@@ -207,7 +254,11 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> Path:
-    return run(**vars(opt))
+    try:
+        return run(**vars(opt))
+    except (FileNotFoundError, ValueError, CheckpointError, ConnectionError) as e:  # bad input: one line
+        LOGGER.error(f"detect: {e}")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """YOLOv5 Detect head, Model and parse_model.
 
-Usage: python models/yolo.py --cfg yolov5s_TripletAttention.yaml [--imgsz 640]
+Usage: python models/yolo.py --cfg yolov5s_TripletAttention.yaml [--imgsz 640] [--profile] [--device 0]
+       python models/yolo.py --test           # build every yaml in models/ at each of its scales
        python models/yolo.py --list-blocks    # every yaml module name: family, min ONNX opset, reference
 """
 from __future__ import annotations
@@ -306,7 +307,11 @@ def _run_layer_named(m: nn.Module, x):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Build a model from its yaml and print the summary with true GFLOPs")
     p.add_argument("--cfg", type=str, default="yolov5s.yaml", help="model.yaml (e.g. yolov5s_TripletAttention.yaml)")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=[640], help="GFLOPs input size (h [w])")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=[640], help="input size (h [w])")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the --profile input")
+    p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--profile", "--line-profile", action="store_true", help="time (and GFLOPs) of every layer")
+    p.add_argument("--test", action="store_true", help="build every yaml in models/ at each scale it declares")
     p.add_argument("--fuse", action="store_true", help="also print the fused summary")
     p.add_argument("--verbose", action="store_true", help="print the per-layer table")
     p.add_argument("--list-blocks", action="store_true", help="list the registered blocks and their facts, then exit")
@@ -315,11 +320,26 @@ def main(argv=None):
         print("\n".join(describe_blocks()))
         return None
     import logging
+
+    from utils.torch_utils import select_device
     if opt.verbose:
         LOGGER.setLevel(logging.DEBUG)
-    model = Model(opt.cfg)
+    if opt.test:
+        from models.yolo_tools import build_every_yaml
+        if any(r.error for r in build_every_yaml(model_cls=Model)):
+            raise SystemExit(1)
+        return None
+    try:
+        device = select_device(opt.device, batch_size=opt.batch_size)
+        model = Model(opt.cfg).to(device)
+    except (FileNotFoundError, ValueError) as e:  # missing/bad yaml, bad --device: one line (ModelConfigError too)
+        LOGGER.error(f"models/yolo.py: {e}")
+        raise SystemExit(1) from None
     imgsz = opt.imgsz if len(opt.imgsz) > 1 else opt.imgsz * 2
     model.info(verbose=opt.verbose, imgsz=imgsz)
+    if opt.profile:
+        from models.yolo_tools import profile_layers
+        profile_layers(model, torch.rand(opt.batch_size, model.yaml["ch"], *imgsz[:2], device=device))
     if opt.fuse:
         model.eval()
         model.fuse()

@@ -126,3 +126,9 @@ def check_dataset(data) -> dict:
     for split in ("train", "val", "test"):
         out[split] = _resolve_split(d.get(split), root, split, where, hint)
     return out
+
+
+def dataset_names(data) -> list[str]:
+    """Only the class names of a dataset yaml (detect.py --data): its image folders need not exist."""
+    d, yaml_file = _load_yaml(data)
+    return _parse_names(d, str(yaml_file) if yaml_file else "dataset dict")

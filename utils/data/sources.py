@@ -89,15 +89,19 @@ def expand_source(source) -> list[str]:
     raise FileNotFoundError(f"--source {s} does not exist (not a file, folder, glob, .txt list or stream URL)")
 
 
-def load_source(source, img_size=(640, 640), stride: int = 32, auto: bool = True):
-    """Frames from any source: files (images and videos) or streams (all streams batched together)."""
+def load_source(source, img_size=(640, 640), stride: int = 32, auto: bool = True, vid_stride: int = 1):
+    """Frames from any source: files (images and videos) or streams (all streams batched together).
+
+    vid_stride: use every vid_stride-th frame of videos and streams (YOLOv5's --vid-stride)."""
+    if not isinstance(vid_stride, int) or vid_stride < 1:
+        raise ValueError(f"--vid-stride must be a positive integer, got {vid_stride!r}")
     entries = expand_source(source)
     streams = [e for e in entries if is_stream(e)]
     if streams and len(streams) != len(entries):
         raise ValueError(f"--source {source}: mixes stream URLs with files; give them separately")
     if streams:
-        return LoadStreams(streams, img_size, stride, auto)
-    return LoadFiles(entries, img_size, stride, auto)
+        return LoadStreams(streams, img_size, stride, auto, vid_stride)
+    return LoadFiles(entries, img_size, stride, auto, vid_stride)
 
 
 def to_input(im0: np.ndarray, img_size, stride: int, auto: bool) -> np.ndarray:
@@ -109,8 +113,9 @@ def to_input(im0: np.ndarray, img_size, stride: int, auto: bool) -> np.ndarray:
 class LoadFiles:
     """Images and videos in order; a file that cannot be read is reported and skipped."""
 
-    def __init__(self, files: list[str], img_size=(640, 640), stride: int = 32, auto: bool = True):
-        self.img_size, self.stride, self.auto = img_size, stride, auto
+    def __init__(self, files: list[str], img_size=(640, 640), stride: int = 32, auto: bool = True,
+                 vid_stride: int = 1):
+        self.img_size, self.stride, self.auto, self.vid_stride = img_size, stride, auto, vid_stride
         self.files, self.skipped = [], []
         for f in files:
             (self.files if suffix(f) in IMG_FORMATS + VID_FORMATS else self.skipped).append(f)
@@ -144,24 +149,33 @@ class LoadFiles:
             LOGGER.warning(f"WARNING: video {i + 1}/{n} {f}: cannot be opened, skipped")
             self.skipped.append(f)
             return
-        k = 0
+        k, frames = 0, frames // self.vid_stride
         try:
             while True:
-                ok, im0 = cap.read()
+                ok, im0 = self._next_frame(cap)
                 if not ok:
                     break
-                k += 1
+                k += 1  # counts used frames (YOLOv5 numbers --save-txt files so)
                 yield Frame([f], to_input(im0, self.img_size, self.stride, self.auto)[None], [im0], "video",
                             f"video {i + 1}/{n} ({k}/{frames}) {f}: ", frame=k, fps=fps)
         finally:
             cap.release()
 
+    def _next_frame(self, cap):
+        """Skip vid_stride - 1 frames (grab without decoding), decode the next one."""
+        for _ in range(self.vid_stride):
+            if not cap.grab():
+                return False, None
+        return cap.retrieve()
+
 
 class LoadStreams:
     """Live sources read by one thread each; every step yields the newest frame of every stream."""
 
-    def __init__(self, sources: list[str], img_size=(640, 640), stride: int = 32, auto: bool = True):
+    def __init__(self, sources: list[str], img_size=(640, 640), stride: int = 32, auto: bool = True,
+                 vid_stride: int = 1):
         self.sources, self.img_size, self.stride, self.auto = sources, img_size, stride, auto
+        self.vid_stride = vid_stride
         self.caps, self.frames, self.threads, self.fps = [], [], [], []
         for i, s in enumerate(sources):
             cap = cv2.VideoCapture(int(s) if s.isnumeric() else s)
@@ -180,13 +194,17 @@ class LoadStreams:
             self.threads.append(t)
 
     def _reader(self, i: int) -> None:
-        cap = self.caps[i]
+        cap, n = self.caps[i], 0
         while self.alive[i] and cap.isOpened():
-            ok, im = cap.read()
+            n += 1
+            ok = cap.grab()
+            if ok and n % self.vid_stride == 0:  # decode only the frames that are used
+                ok, im = cap.retrieve()
+                if ok:
+                    self.frames[i] = im
             if not ok:
                 LOGGER.warning(f"WARNING: stream {self.sources[i]} stopped delivering frames")
                 break
-            self.frames[i] = im
             time.sleep(0.0)
         self.alive[i] = False
 
