@@ -110,7 +110,8 @@ def test_cga_view_attention_rebuilds_every_head_output():
 
 
 def test_local_window_view_maps_windows_back_and_ignores_padding():
-    m = _trained_looking(LocalWindowAttention(32, 8, num_heads=4, attn_ratio=1, window_resolution=4))
+    """With the opt-in padding mask (pad_mask=True) no weight lands on window padding."""
+    m = _trained_looking(LocalWindowAttention(32, 8, num_heads=4, attn_ratio=1, window_resolution=4, pad_mask=True))
     seen = _proj_input(m.attn.proj)
     x = torch.randn(1, 32, 6, 7)  # padded to 8x8: 2x2 windows
     view, _ = _run_view(m, x)
@@ -255,3 +256,16 @@ def test_detect_cli_bad_input_is_one_line(tmp_path, log_lines):
     with pytest.raises(SystemExit) as e:
         detect.main(opt)
     assert e.value.code == 1 and log_lines[-1].startswith("detect: weights file not found") and "missing.pt" in log_lines[-1]
+
+
+def test_local_window_view_with_the_official_unmasked_padding():
+    """The default (official) block attends to the zero padding too: the view still rebuilds each head's output
+    and maps the windows back to the picture."""
+    m = _trained_looking(LocalWindowAttention(32, 8, num_heads=4, attn_ratio=1, window_resolution=4))
+    seen = _proj_input(m.attn.proj)
+    view, _ = _run_view(m, torch.randn(1, 32, 6, 7))
+    heads = view.head_attention()
+    outs = [view.seen[f"qkv{i}"].split([8, 8, 8], 1)[2].flatten(2) @ a.transpose(1, 2) for i, a in enumerate(heads)]
+    assert torch.allclose(torch.cat(outs, 1).reshape(4, 32, 4, 4), seen["x"], atol=1e-5)
+    received, = view.maps()
+    assert received.heat.shape == (1, 6, 7)
