@@ -79,3 +79,55 @@ def pytest_configure(config):
     if os.getenv("PYTEST_XDIST_WORKER"):
         import torch
         torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- CLI runs with their cost
+class ScriptRun:
+    """One finished run of a repository script: exit status, output, peak RSS (bytes) and wall time (s)."""
+
+    def __init__(self, rc: int, stdout: str, stderr: str, peak: int, seconds: float):
+        self.rc, self.stdout, self.stderr, self.peak, self.seconds = rc, stdout, stderr, peak, seconds
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.startswith("ERROR:")]
+
+
+def run_script(script: str, *args, cwd=None, env=None, timeout: float = 120) -> ScriptRun:
+    """`python <repo>/<script> args...` as a child process; its own peak RSS comes from os.wait4 (RUSAGE_CHILDREN
+    would report the largest child the test process ever had)."""
+    import subprocess
+    import tempfile
+    import threading
+    import time
+
+    full_env = {k: v for k, v in os.environ.items() if k != "YOLOV5_TRACEBACK"}  # the default: no tracebacks
+    full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT, env=full_env,
+                             stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        timer = threading.Timer(timeout, p.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keeps Popen from waiting again
+        seconds = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        return ScriptRun(p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                         usage.ru_maxrss * 1024, seconds)
+
+
+_BASELINES: dict[str, int] = {}
+
+
+def import_baseline(script: str) -> int:
+    """Peak RSS of `script --help`: the script's imports (torch alone maps ~0.7 GB), before any input is read."""
+    if script not in _BASELINES:
+        r = run_script(script, "--help")
+        assert r.rc == 0, r.stderr[-2000:]
+        _BASELINES[script] = r.peak
+    return _BASELINES[script]
