@@ -37,10 +37,13 @@ if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 
 from models.config import resolve_cfg  # noqa: E402
-from models.yolo import Model  # noqa: E402
+from models.yolo import Model, check_input_channels  # noqa: E402
 from utils.train.autoanchor import check_anchors  # noqa: E402
 from models.load import model_from_checkpoint, pretrained_model  # noqa: E402
-from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
+from utils.checkpoint import check_resumable, load_checkpoint, make_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.train.checks import check_batch_size, check_optimizer_state  # noqa: E402
+from utils.train.hyp import load_hyp  # noqa: E402
 from utils.callbacks import Callbacks, TrainLoggers  # noqa: E402
 from utils.cpu_alloc import keep_freed_memory  # noqa: E402
 from utils.train.results import RESULT_KEYS  # noqa: E402
@@ -184,7 +187,7 @@ def seed_epoch(run: Run, epoch: int) -> None:
 def setup(run: Run) -> None:
     """Hyperparameters, run directory, hyp.yaml/opt.yaml, loggers, dataset yaml."""
     opt = run.opt
-    hyp = opt.hyp if isinstance(opt.hyp, dict) else yaml.safe_load(Path(opt.hyp).read_text())
+    hyp = load_hyp(opt.hyp)
     run.hyp = dict(hyp)
     run.save_dir = Path(opt.save_dir)
     LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in run.hyp.items()))
@@ -218,13 +221,14 @@ def build_model(run: Run) -> None:
     opt, hyp, nc = run.opt, run.hyp, run.data["nc"]
     weights = str(opt.weights or "")
     if opt.resume:
-        run.ckpt = load_checkpoint(weights)
+        run.ckpt = check_resumable(load_checkpoint(weights))
         model = model_from_checkpoint(run.ckpt)
     elif weights.endswith(".pt"):
         exclude = ["anchor"] if opt.cfg or hyp.get("anchors") else []  # v6.1: new anchors when the yaml is given
         model, _ = pretrained_model(weights, opt.cfg, nc, hyp.get("anchors"), exclude)
     else:
         model = Model(opt.cfg, ch=3, nc=nc, anchors=hyp.get("anchors"))
+    check_input_channels(model, 3, "the dataset's images (loaded as RGB)")
     freeze_layers(model, opt.freeze)
     det = model.model[-1]
     run.gs = max(int(model.stride.max()), 32)
@@ -322,7 +326,7 @@ def restore_training_state(run: Run) -> None:
     ckpt, opt = run.ckpt, run.opt
     if ckpt.get("optimizer") is None:
         raise ValueError(f"{opt.weights} holds no optimizer state (stripped after training finished); nothing to resume")
-    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.optimizer.load_state_dict(check_optimizer_state(run.optimizer, ckpt["optimizer"], opt.weights))
     run.best_fitness = float(ckpt.get("best_fitness") or 0.0)
     if run.ema is not None and ckpt.get("ema") is not None:
         run.ema.ema.load_state_dict(ckpt["ema"])
@@ -572,7 +576,8 @@ def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
     if not ckpt.is_file():
         raise FileNotFoundError(f"--resume checkpoint {ckpt} does not exist")
     saved_yaml = ckpt.parent.parent / "opt.yaml"
-    saved = yaml.safe_load(saved_yaml.read_text()) if saved_yaml.is_file() else load_checkpoint(ckpt)["opt"]
+    saved = yaml.safe_load(saved_yaml.read_text()) if saved_yaml.is_file() else \
+        check_resumable(load_checkpoint(ckpt))["opt"]
     new = parse_opt(True, argv=[])
     vars(new).update(saved)
     new.cfg, new.weights, new.resume = "", str(ckpt), True
@@ -616,6 +621,7 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:
     else:
         opt = fill_defaults(opt)
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    check_batch_size(opt.batch_size, WORLD_SIZE)
     device = setup_ddp(opt)
     try:
         return train(Run(opt, device, callbacks or Callbacks()))
@@ -636,4 +642,4 @@ def run(callbacks: Callbacks | None = None, **kwargs) -> tuple:
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    run_cli(lambda: main(parse_opt()))

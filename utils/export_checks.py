@@ -10,6 +10,8 @@ import re
 import torch
 import torch.nn as nn
 
+from utils.cli import UserError
+
 # Fallback for blocks that do not (yet) declare a class attribute `min_opset`. The attribute wins.
 # grid_sample (DAT's sampling; D-LKA's export path for its deformable convs) exists in ONNX from opset 16.
 MIN_OPSET_FALLBACK = {
@@ -20,7 +22,7 @@ MIN_OPSET_FALLBACK = {
 ONNX_DOUBLE = 11  # onnx.TensorProto.DOUBLE
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot work as asked; the message names the block and the cause."""
 
 
