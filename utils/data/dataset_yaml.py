@@ -4,7 +4,10 @@ Accepted like YOLOv5: `path` (dataset root), `train`/`val`/`test` each a folder,
 a list of those (relative entries are relative to `path`); `names` a list or an {id: name} map; `nc`
 optional but must agree with `names`. Extra keys: `generate: shapes` (+ optional `generate_args:`) renders
 the synthetic set on first use; `hint:` is printed when the dataset cannot be found (nothing is downloaded).
+A relative `path` is looked for from the working directory, beside the yaml, in the repo, then by its last part
+in $YOLOV5_SHARED/datasets/, ../datasets/ and ../shared/datasets/ (read-only material shared between checkouts).
 """
+import os
 from pathlib import Path
 
 import yaml
@@ -66,7 +69,9 @@ def _path_candidates(p: Path, yaml_file: Path | None) -> list[Path]:
     cands = [Path.cwd() / p]
     if yaml_file is not None:
         cands.append(yaml_file.parent / p)
-    cands += [ROOT / p, ROOT.parent / "datasets" / p.name, ROOT.parent / "shared" / "datasets" / p.name]
+    shared = [Path(os.environ["YOLOV5_SHARED"])] if os.getenv("YOLOV5_SHARED") else []
+    cands += [ROOT / p, *[d / "datasets" / p.name for d in shared], ROOT.parent / "datasets" / p.name,
+              ROOT.parent / "shared" / "datasets" / p.name]
     seen, out = set(), []
     for c in cands:
         c = c.resolve()
