@@ -93,32 +93,44 @@ class ScriptRun:
         return [ln for ln in self.stderr.splitlines() if ln.startswith("ERROR:")]
 
 
+# Forks the script and reports its own peak RSS. Linux records the RSS of the process that exec()s into a child's
+# ru_maxrss, so measuring a child forked from the (large) test process would report the test process's size; this
+# launcher is small when it forks.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_script(script: str, *args, cwd=None, env=None, timeout: float = 120) -> ScriptRun:
-    """`python <repo>/<script> args...` as a child process; its own peak RSS comes from os.wait4 (RUSAGE_CHILDREN
-    would report the largest child the test process ever had)."""
+    """`python <repo>/<script> args...` as a child process, with its exit status, output, peak RSS and time."""
+    import signal
     import subprocess
     import tempfile
-    import threading
     import time
 
     full_env = {k: v for k, v in os.environ.items() if k != "YOLOV5_TRACEBACK"}  # the default: no tracebacks
     full_env.update(PYTHONUNBUFFERED="1", **(env or {}))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryDirectory() as d:
+        report = Path(d) / "peak"
+        cmd = [sys.executable, "-c", _LAUNCHER, str(report), str(ROOT / script), *map(str, args)]
         t0 = time.perf_counter()
-        p = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd or ROOT, env=full_env,
-                             stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        timer = threading.Timer(timeout, p.kill)
-        timer.start()
+        p = subprocess.Popen(cmd, cwd=cwd or ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            _, status, usage = os.wait4(p.pid, 0)
-        finally:
-            timer.cancel()
-        p.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keeps Popen from waiting again
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
         seconds = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        return ScriptRun(p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                         usage.ru_maxrss * 1024, seconds)
+        peak = int(report.read_text()) if report.is_file() else -1
+    return ScriptRun(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"), peak, seconds)
 
 
 _BASELINES: dict[str, int] = {}
