@@ -35,6 +35,7 @@ from utils.annotate import Annotator, colors, display_available, save_one_box  #
 from models.backends import load_backend  # noqa: E402
 from models.visualize import Visualizer  # noqa: E402
 from utils.checkpoint import CheckpointError  # noqa: E402
+from utils.cli import InputError  # noqa: E402
 from utils.data.dataset_yaml import dataset_names  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
@@ -149,7 +150,7 @@ def class_names(model_names: list[str], data) -> list[str]:
             LOGGER.info(f"--data {data}: the model has class names of its own; using those")
         return model_names
     if len(names) != len(model_names):
-        raise ValueError(f"--data {data} has {len(names)} class names but the model predicts {len(model_names)} "
+        raise InputError(f"--data {data} has {len(names)} class names but the model predicts {len(model_names)} "
                          "classes; pass the dataset the model was trained on")
     return names
 
@@ -262,4 +263,5 @@ def main(opt: argparse.Namespace) -> Path:
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    from utils.cli import run_cli
+    run_cli(lambda: main(parse_opt()))

@@ -31,6 +31,7 @@ from models.registry import opset_needs  # noqa: E402
 from models.yolo import Detect, Model  # noqa: E402
 from utils.export_checks import (ExportError, check_opset, double_tensors, find_failing_layer,  # noqa: E402
                                  label_onnx_node)
+from utils.cli import InputError, run_cli  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
@@ -243,7 +244,7 @@ def check_include(include) -> list[str]:
     asked = [str(x).lower() for x in ([include] if isinstance(include, str) else include)]
     bad = [x for x in asked if x not in FORMATS]
     if bad or not asked:
-        raise ValueError(f"--include {' '.join(bad) or '(nothing)'}: unsupported export format; "
+        raise InputError(f"--include {' '.join(bad) or '(nothing)'}: unsupported export format; "
                          f"supported: {', '.join(FORMATS)}")
     return asked
 
@@ -251,12 +252,12 @@ def check_include(include) -> list[str]:
 def load_for_export(weights=None, cfg=None, device=torch.device("cpu"), inplace: bool = True) -> nn.Module:
     """Trained weights via attempt_load (fused), or a freshly built and fused yaml model."""
     if weights and cfg:
-        raise ValueError("give --weights or --cfg, not both")
+        raise InputError("give --weights or --cfg, not both")
     if weights:
         from models.load import attempt_load
         return attempt_load(weights, device=device, inplace=inplace, fuse=True)
     if not cfg:
-        raise ValueError("nothing to export: give --weights model.pt or --cfg model.yaml")
+        raise InputError("nothing to export: give --weights model.pt or --cfg model.yaml")
     model = Model(cfg).to(device).eval()
     for m in model.modules():
         if isinstance(m, Detect):
@@ -284,15 +285,15 @@ def run(weights=None, cfg=None, imgsz=(640, 640), batch_size=1, device="cpu", in
     include = check_include(include)
     device = select_device(device)
     if half and device.type == "cpu":
-        raise ValueError("--half is only compatible with GPU export, i.e. use --device 0")
+        raise InputError("--half is only compatible with GPU export, i.e. use --device 0")
     if optimize and device.type != "cpu":
-        raise ValueError("--optimize (TorchScript mobile) is only compatible with CPU export, use --device cpu")
+        raise InputError("--optimize (TorchScript mobile) is only compatible with CPU export, use --device cpu")
     imgsz = list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz]
     imgsz = imgsz * 2 if len(imgsz) == 1 else imgsz[:2]
     model = load_for_export(weights, cfg, device, inplace)
     stride = model_metadata(model)["stride"]
-    if any(s % stride for s in imgsz):
-        raise ValueError(f"--imgsz {imgsz} must be multiples of the model's max stride {stride}")
+    if any(s < 1 or s % stride for s in imgsz):
+        raise InputError(f"--imgsz {imgsz} must be positive multiples of the model's max stride {stride}")
     im = torch.zeros(batch_size, 3, *imgsz, device=device)
     if half:
         im, model = im.half(), model.half()
@@ -338,12 +339,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> list[Path]:
-    opt = parse_opt(argv)
-    try:
-        return run(**vars(opt))
-    except (ExportError, ValueError, FileNotFoundError) as e:
-        LOGGER.error(f"export: {e}")
-        raise SystemExit(1) from None
+    """The CLI: a bad flag, file or model ends in one `ERROR:` line and exit status 2 (utils/cli.py)."""
+    return run_cli(lambda: run(**vars(parse_opt(argv))))
 
 
 if __name__ == "__main__":

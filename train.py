@@ -12,6 +12,7 @@ Here: the options, their defaults (the demo's), --resume's options and train.run
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,9 @@ import yaml  # noqa: E402
 from engine.trainer import close_distributed, init_distributed, train  # noqa: E402
 from models.config import resolve_cfg  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
-from utils.checkpoint import load_checkpoint  # noqa: E402
+from utils.checkpoint import check_resumable, load_checkpoint  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.train.checks import check_batch_size  # noqa: E402
 from utils.data.dataset import DEFAULT_HYP  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
 from utils.run_dirs import increment_path, latest_run  # noqa: E402
@@ -94,7 +97,8 @@ def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
     if not ckpt.is_file():
         raise FileNotFoundError(f"--resume checkpoint {ckpt} does not exist")
     saved_yaml = ckpt.parent.parent / "opt.yaml"
-    saved = yaml.safe_load(saved_yaml.read_text()) if saved_yaml.is_file() else load_checkpoint(ckpt)["opt"]
+    saved = yaml.safe_load(saved_yaml.read_text()) if saved_yaml.is_file() else \
+        check_resumable(load_checkpoint(ckpt))["opt"]
     new = parse_opt(True, argv=[])
     vars(new).update(saved)
     new.cfg, new.weights, new.resume = "", str(ckpt), True
@@ -122,6 +126,7 @@ def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:
     else:
         opt = fill_defaults(opt)
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
+    check_batch_size(opt.batch_size, int(os.getenv("WORLD_SIZE", 1)))
     device = init_distributed(opt)
     try:
         return train(opt, device, callbacks).as_tuple()
@@ -142,4 +147,4 @@ def run(callbacks: Callbacks | None = None, **kwargs) -> tuple:
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    run_cli(lambda: main(parse_opt()))

@@ -122,4 +122,5 @@ def main(opt: argparse.Namespace):
 
 
 if __name__ == "__main__":
-    main(parse_opt())
+    from utils.cli import run_cli
+    run_cli(lambda: main(parse_opt()))

@@ -18,6 +18,7 @@ import torch
 from engine.val_loop import (Tally, ValSettings, Writers, class_names, per_class_maps, print_results, run_batches,
                              summarise)
 from models.backends import load_backend, wrap_model
+from utils.cli import InputError
 from utils.callbacks import Callbacks
 from utils.eval.metrics import ConfusionMatrix, fitness
 from utils.eval.val_outputs import BatchPlotter, CocoJson
@@ -117,7 +118,7 @@ def validate_weights(weights, data, outputs: ValOutputs, *, batch_size: int = 32
     data = check_dataset(data)  # before the model: a wrong path fails fast
     backend = load_backend(weights, device, half=bool(half), dnn=dnn)
     if not settings.single_cls and backend.nc != data["nc"]:
-        raise ValueError(f"{weights} has {backend.nc} classes but --data {data.get('yaml_file')} has {data['nc']}; "
+        raise InputError(f"{weights} has {backend.nc} classes but --data {data.get('yaml_file')} has {data['nc']}; "
                          "pass the dataset the model was trained on, or --single-cls")
     imgsz = check_img_size(imgsz, backend.stride)
     batch_size = backend.batch_size_for(batch_size, imgsz)  # a static export: its own batch and size
@@ -179,7 +180,7 @@ def _dataloader(data: dict, task: str, imgsz: int, batch_size: int, backend, sin
 
     split = task if task in SPLITS else "val"  # speed and study time the val split
     if not data.get(split):
-        raise ValueError(f"{data.get('yaml_file') or 'dataset'}: no '{split}' split to validate on")
+        raise InputError(f"{data.get('yaml_file') or 'dataset'}: no '{split}' split to validate on")
     # rect batches need a model that takes any (h, w): PyTorch or a dynamic export
     pad, rect = (0.0, False) if task == "speed" else (0.5, backend.pt or backend.dynamic)
     return create_dataloader(data[split], imgsz, batch_size, backend.stride, single_cls, pad=pad, rect=rect,

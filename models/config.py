@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from models.registry import ModelConfigError
+
 MODELS_DIR = Path(__file__).resolve().parent
 SCALE_RE = re.compile(r"^(yolov5)([nsmlx])(6?)(.*)$")
 
@@ -49,12 +51,12 @@ def apply_scale(d: dict, scale: str | None, source: str) -> dict:
         if letter not in scales:
             if scale is None and "depth_multiple" in d:
                 return d
-            raise ValueError(f"{source}: scale {letter!r} is not in its scales: {sorted(scales)}")
+            raise ModelConfigError(f"{source}: scale {letter!r} is not in its scales: {sorted(scales)}")
         d["depth_multiple"], d["width_multiple"] = (float(v) for v in scales[letter])
         d["scale"] = letter
     for key in ("depth_multiple", "width_multiple"):
         if key not in d:
-            raise ValueError(f"{source}: no {key} and no scale chosen (name the file yolov5<n|s|m|l|x>_..., "
+            raise ModelConfigError(f"{source}: no {key} and no scale chosen (name the file yolov5<n|s|m|l|x>_..., "
                              f"or set default_scale)")
     return d
 
@@ -65,11 +67,12 @@ def load_model_yaml(cfg: str | Path | dict) -> dict:
         return dict(cfg)
     path, scale = resolve_cfg(cfg)
     try:
-        d = yaml.safe_load(path.read_text())
+        with open(path, errors="replace") as f:  # a stream, so a syntax error names the file and line
+            d = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid yaml: {e}") from None
+        raise ModelConfigError(f"{path}: not valid yaml: {e}") from None
     if not isinstance(d, dict) or "backbone" not in d or "head" not in d:
-        raise ValueError(f"{path}: a model yaml needs 'backbone' and 'head' lists")
+        raise ModelConfigError(f"{path}: a model yaml needs 'backbone' and 'head' lists")
     d = apply_scale(d, scale, str(path))
     d["yaml_file"] = Path(cfg).name if scale else path.name
     return d

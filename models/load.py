@@ -1,5 +1,8 @@
 """Weights -> models: a checkpoint (ours or official YOLOv5) rebuilt strict, pretrained transfer into a new yaml,
-`attempt_load` (the one way val, detect, export and users load weights) and `Ensemble`."""
+`attempt_load` (the one way val, detect, export and users load weights) and `Ensemble`.
+
+A checkpoint's yaml is checked against its tensors before the model is built for real (`check_yaml_fits`):
+a few-KB file whose yaml asks for nn.Linear(20000, 20000) is refused without allocating it."""
 from __future__ import annotations
 
 from copy import deepcopy
@@ -8,8 +11,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.yolo import Detect, Model
+from models.registry import ModelConfigError
+from models.yolo import Detect, Model, parse_model
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.cli import InputError
 from utils.log import LOGGER
 from utils.torch_utils import select_device
 from utils.train.transfer import TransferReport, transfer_weights
@@ -19,6 +24,7 @@ def model_from_checkpoint(ckpt: dict, prefer_ema: bool = False):
     """Rebuild our Model from the checkpoint's yaml and load its tensors strict (ema weights if asked and present)."""
     source = ckpt.get("file", "checkpoint")
     sd = ckpt["ema"] if prefer_ema and ckpt.get("ema") else ckpt["state_dict"]
+    check_yaml_fits(ckpt["yaml"], sd, source)
     try:
         model = Model(deepcopy(ckpt["yaml"]))
     except Exception as e:
@@ -32,17 +38,43 @@ def model_from_checkpoint(ckpt: dict, prefer_ema: bool = False):
     return model
 
 
-def _load_strict(model: nn.Module, sd: dict, source: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shape = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+def check_yaml_fits(yaml: dict, sd: dict, source: str) -> None:
+    """Build the yaml's layers on the meta device (shapes only, no memory) and compare their tensors with the
+    checkpoint's; only a yaml that fits its tensors is built for real. Each tensor must also hold its own
+    elements (no repeating view), so the real build costs no more than the file's storages."""
+    if not isinstance(yaml, dict):
+        raise CheckpointError(f"{source}: its model yaml is a {type(yaml).__name__}, not a mapping")
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{source}: its state_dict holds entries that are not tensors")
+    repeating = [k for k, v in sd.items() if v.numel() > v.untyped_storage().nbytes() // max(v.element_size(), 1)]
+    if repeating:
+        raise CheckpointError(f"{source}: tensor {repeating[0]} repeats its storage's elements (a stride-0 view), "
+                              f"which no trained weight does; refused")
+    try:
+        with torch.device("meta"):
+            layers, _ = parse_model(deepcopy(yaml), ch=[yaml.get("ch", 3)])
+    except (ModelConfigError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{source}: its model yaml does not build: {e}") from None
+    shapes = {f"model.{k}": tuple(v.shape) for k, v in layers.state_dict().items()}
+    _refuse_mismatch(shapes, {k: tuple(v.shape) for k, v in sd.items()}, source)
+
+
+def _refuse_mismatch(own: dict, stored: dict, source: str) -> None:
+    """CheckpointError naming what differs between the model's tensor shapes and the stored ones."""
+    missing = [k for k in own if k not in stored]
+    unexpected = [k for k in stored if k not in own]
+    shape = [f"{k} {stored[k]} vs {v}" for k, v in own.items() if k in stored and stored[k] != v]
     if missing or unexpected or shape:
         parts = [f"{len(missing)} missing (e.g. {missing[:3]})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})" if unexpected else "",
                  f"{len(shape)} of another shape (e.g. {shape[:2]})" if shape else ""]
         raise CheckpointError(f"{source}: tensors do not fit the model built from its yaml: "
                               + "; ".join(p for p in parts if p))
+
+
+def _load_strict(model: nn.Module, sd: dict, source: str) -> None:
+    _refuse_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                     {k: tuple(v.shape) for k, v in sd.items()}, source)
     model.load_state_dict(sd, strict=True)
 
 
@@ -52,6 +84,8 @@ def pretrained_model(weights: str | Path, cfg=None, nc: int | None = None, ancho
     aligned layers, so blocks inserted by the yaml shift nothing (train.py's --weights). YOLOv5 fine-tunes from
     the checkpoint's 'model' weights (stripped files hold the EMA there)."""
     ckpt = load_checkpoint(weights, map_location="cpu")
+    if not cfg:  # the checkpoint's own yaml: it must fit its tensors before it is built
+        check_yaml_fits(ckpt["yaml"], ckpt["state_dict"], str(weights))
     model = Model(cfg or ckpt["yaml"], ch=3, nc=nc, anchors=anchors)
     report = transfer_weights(model, ckpt["state_dict"], ckpt.get("yaml"), source=weights, exclude=exclude,
                               verbose=verbose)
@@ -99,7 +133,7 @@ def attempt_load(weights, device=None, inplace: bool = True, fuse: bool = True):
     ensemble = Ensemble(models)
     ncs = {m.yaml["nc"] for m in models}
     if len(ncs) > 1:
-        raise ValueError(f"attempt_load: ensemble members have different class counts {sorted(ncs)} ({paths})")
+        raise InputError(f"attempt_load: ensemble members have different class counts {sorted(ncs)} ({paths})")
     for k in ("names", "nc", "yaml"):
         setattr(ensemble, k, getattr(models[0], k, None))
     ensemble.nc = models[0].yaml["nc"]

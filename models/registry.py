@@ -33,8 +33,17 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from utils.cli import UserError
 
-class ModelConfigError(ValueError):
+# The largest model a yaml may ask for, far above YOLOv5x (25 layers, 1280 channels, 12 repeats after depth
+# scaling) and far below what a typo or a hostile checkpoint's yaml (200000 repeats, 1e6 channels) would
+# allocate. parse_model checks them before building each layer.
+MAX_LAYERS = 1000
+MAX_REPEATS = 100
+MAX_CHANNELS = 16384
+
+
+class ModelConfigError(UserError, ValueError):
     """A model yaml that cannot be built; the message names the layer and the row as written."""
 
 

@@ -22,8 +22,8 @@ if str(ROOT) not in sys.path:
 
 from models.common import Conv  # noqa: E402  (also registers every block)
 from models.config import load_model_yaml  # noqa: E402
-from models.registry import (REGISTRY, LayerContext, ModelConfigError, check_call, describe_blocks,  # noqa: E402
-                             detect_head, lookup, op_flop_rules, register)
+from models.registry import (MAX_CHANNELS, MAX_LAYERS, MAX_REPEATS, REGISTRY, LayerContext, ModelConfigError,  # noqa: E402
+                             check_call, describe_blocks, detect_head, lookup, op_flop_rules, register)
 from utils.log import LOGGER  # noqa: E402
 from utils.train.autoanchor import check_anchor_order  # noqa: E402
 from utils.torch_utils import initialize_weights, scale_img  # noqa: E402
@@ -112,12 +112,27 @@ def _check_from(f, i: int, ch: list[int], ctx_row: str) -> list[int]:
     return absolute
 
 
+def _check_size(built, n_: int, ctx: LayerContext) -> None:
+    """Refuse absurd repeats and channel counts before anything is allocated (limits in models/registry.py)."""
+    if max(n_, built.n) > MAX_REPEATS:
+        raise ctx.error(f"{max(n_, built.n)} repeats after depth scaling; more than {MAX_REPEATS} is refused")
+    if not isinstance(built.c2, (int, float)) or built.c2 > MAX_CHANNELS:
+        raise ctx.error(f"{built.c2} output channels; more than {MAX_CHANNELS} is refused")
+
+
 def parse_model(d: dict, ch: list[int]):
     """Build the layer list from a model dict; every module is built through the registry."""
+    missing = [k for k in ("nc", "anchors", "depth_multiple", "width_multiple", "backbone", "head") if k not in d]
+    if missing:
+        raise ModelConfigError(f"{d.get('yaml_file') or 'model yaml'}: missing {', '.join(missing)}")
     anchors, nc, gd, gw = d["anchors"], d["nc"], d["depth_multiple"], d["width_multiple"]
     LOGGER.debug(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
     layers, save, c2 = [], [], ch[-1]
     rows = list(d["backbone"]) + list(d["head"])
+    if len(rows) > MAX_LAYERS:
+        raise ModelConfigError(f"the yaml has {len(rows)} layers; more than {MAX_LAYERS} is refused")
+    if not isinstance(c2, int) or not 1 <= c2 <= MAX_CHANNELS:
+        raise ModelConfigError(f"ch: {c2!r} input channels; expected an integer from 1 to {MAX_CHANNELS} (3 for RGB)")
     for i, row in enumerate(rows):
         row_text = str(row)
         if not isinstance(row, (list, tuple)) or len(row) != 4:
@@ -132,6 +147,7 @@ def parse_model(d: dict, ch: list[int]):
         ctx = LayerContext(i, row_text, ch_in, args, n_, gw, gd, nc, anchors, d.get("scale", ""))
         spec = lookup(str(name), ctx)
         built = spec.build(ctx)
+        _check_size(built, n_, ctx)
         check_call(spec.cls, built, ctx)
         try:
             mods = [spec.cls(*built.args, **built.kwargs) for _ in range(built.n)]
@@ -295,6 +311,16 @@ class Model(nn.Module):
         return self
 
 
+def check_input_channels(model: nn.Module, channels: int, images: str = "the images") -> None:
+    """A model built for `ch:` input channels cannot take images with another count: say so before training
+    instead of a convolution error on the first batch."""
+    ch = int(getattr(model, "module", model).yaml.get("ch", 3))
+    if ch != channels:
+        name = getattr(model, "yaml_file", "") or "the model yaml"
+        raise ModelConfigError(f"{name} has ch: {ch} (input channels) but {images} have {channels}; "
+                               f"set ch: {channels} in the yaml or leave ch out")
+
+
 def _run_layer_named(m: nn.Module, x):
     """Run one layer of the probe pass; a failure names the layer, its row and the input shapes."""
     try:
@@ -347,4 +373,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_cli
+    run_cli(main)

@@ -128,7 +128,28 @@ def test_killed_during_write_keeps_old_file(tmp_path):
     finally:
         proc.wait(30)
     assert torch.load(f, weights_only=True)["epoch"] == 1
-    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the killed writer's temp, never the target
+    orphans = [p for p in tmp_path.iterdir() if p.name.startswith(".last.pt.") and p.name.endswith(".tmp")]
+    assert len(orphans) == 1  # the killed writer's temp (nothing runs at SIGKILL), never the target
+    other = tmp_path / ".best.pt.abc123.tmp"  # a temp of another file is not ours to remove
+    other.write_bytes(b"x")
+    save_checkpoint({"format": FORMAT, "epoch": 3, "model": {"w": torch.ones(3)}}, f)  # the next save cleans up
+    assert torch.load(f, weights_only=True)["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.pt.abc123.tmp", "last.pt"]
+
+
+def test_stale_temp_cleanup_spares_a_write_in_progress(tmp_path):
+    """Only temps last touched before this save started are stale; a newer one may be another writer's."""
+    import os
+    import time
+    f = tmp_path / "last.pt"
+    old, fresh = tmp_path / ".last.pt.old1.tmp", tmp_path / ".last.pt.new1.tmp"
+    old.write_bytes(b"old")
+    fresh.write_bytes(b"new")
+    now = time.time()
+    os.utime(old, (now - 60, now - 60))
+    os.utime(fresh, (now + 60, now + 60))
+    save_checkpoint({"format": FORMAT, "epoch": 1, "model": {}}, f)
+    assert not old.exists() and fresh.exists()
 
 
 def test_missing_and_foreign_files(tmp_path):

@@ -100,7 +100,18 @@ def test_missing_val_key_is_an_error(tmp_path):
 def test_shipped_coco128_yaml(coco128_dir):
     d = check_dataset("coco128.yaml")  # found under <repo>/data like YOLOv5's check_file
     assert d["nc"] == 80 and d["names"][0] == "person" and d["names"][79] == "toothbrush"
-    assert Path(d["train"]).is_dir() and Path(d["train"]).name == "train2017"
+    assert Path(d["path"]) == coco128_dir.resolve()  # the same copy the fixture found (YOLOV5_SHARED or ../shared)
+    assert Path(d["train"]) == coco128_dir.resolve() / "images" / "train2017"
+
+
+def test_yolov5_shared_is_where_datasets_are_found(tmp_path, monkeypatch):
+    """$YOLOV5_SHARED/datasets/<name> is searched before ../shared, as the test fixtures do."""
+    root = tmp_path / "elsewhere" / "datasets" / "coco128"
+    (root / "images" / "train2017").mkdir(parents=True)
+    monkeypatch.setenv("YOLOV5_SHARED", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path)
+    d = check_dataset("coco128.yaml")
+    assert Path(d["path"]) == root.resolve() and Path(d["train"]) == root.resolve() / "images" / "train2017"
 
 
 def test_shipped_coco128_yaml_says_where_to_put_images(monkeypatch, tmp_path):

@@ -1,4 +1,5 @@
 """The scan: each bad input is reported (file, line, reason) and skipped while the rest still loads; the cache."""
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -119,27 +120,31 @@ def _truncate(f: Path, keep: float):
     f.write_bytes(data[: int(len(data) * keep)])
 
 
-def test_truncated_jpeg_is_restored(tmp_path, logs):
+@pytest.mark.parametrize("read_only", [False, True])
+def test_truncated_jpeg_is_restored_in_memory_never_rewritten(tmp_path, logs, read_only):
+    """The dataset is the user's: its bytes stay as they were, and the image loaded is the decodable part."""
     images = make_dataset(tmp_path / "ds")
-    f = add_pair(images, "trunc.jpg", size=(120, 160))
-    _truncate(f, 0.8)
-    ds = load_all(images)
-    assert "corrupt JPEG restored and saved" in logs() and str(f) in ds.im_files
-    assert f.read_bytes()[-2:] == b"\xff\xd9"
-
-
-def test_truncated_jpeg_in_read_only_folder_is_left_alone(tmp_path, logs):
-    images = make_dataset(tmp_path / "ds")
-    f = add_pair(images, "trunc.jpg", size=(120, 160))
-    _truncate(f, 0.8)
-    before = f.read_bytes()
-    os.chmod(f, 0o444)
-    os.chmod(images, 0o555)
+    f = images / "trunc.jpg"
+    yy, xx = np.mgrid[0:48, 0:64]
+    full = np.stack([yy * 5, xx * 4, (yy + xx) * 2], -1).astype(np.uint8)  # long side 64 = img_size: no resize
+    ok, buf = cv2.imencode(".jpg", full, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    f.write_bytes(buf.tobytes()[: int(len(buf) * 0.7)])
+    Path(img2label_paths([str(f)])[0]).write_text(GOOD)
+    before = hashlib.sha256(f.read_bytes()).hexdigest()
+    if read_only:
+        os.chmod(f, 0o444)
+        os.chmod(images, 0o555)
     try:
-        ds = load_all(images)
+        ds = load_all(images, with_loader=True)
+        loaded = ds.load_image(ds.im_files.index(str(f)))[0]
     finally:
         os.chmod(images, 0o755)
-    assert "left as is (read-only)" in logs() and str(f) in ds.im_files and f.read_bytes() == before
+    assert hashlib.sha256(f.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in images.iterdir()) == ["good0.jpg", "good1.jpg", "good2.jpg", "trunc.jpg"]
+    assert f"{f}: corrupt JPEG restored in memory" in logs() and "file is left unchanged" in logs()
+    np.testing.assert_array_equal(loaded, cv2.imread(str(f)))  # the decode of what the file holds
+    reference = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(loaded[:8], reference[:8])  # the part present is the real image
 
 
 def test_undecodable_jpeg_is_skipped(tmp_path, logs):

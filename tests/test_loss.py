@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine.trainer.hyp import scale_hyp_gains
+from utils.train.hyp import scale_hyp_gains
 from models.yolo import Detect
 from utils.train.loss import ComputeLoss, FocalLoss, ObjectnessAndMatched, smooth_bce
 

@@ -232,9 +232,21 @@ def test_fitness_weights():
     assert fitness(np.array([0, 0, 1.0, 1.0])).shape == (1,)
 
 
-def test_iou_thresholds():
+COCO_THRESHOLDS = (0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95)  # COCO's 0.5:0.05:0.95
+
+
+@pytest.mark.parametrize("per_threshold", [True, False])
+def test_iou_thresholds_decide_correctness(per_threshold):
+    """A detection just above / below each COCO threshold is correct at exactly the thresholds it reaches,
+    through the default thresholds (a wrong count, spacing or comparison changes some row)."""
+    label = torch.tensor([[0.0, 0, 0, 100, 100]])
+    for t in COCO_THRESHOLDS:
+        for iou in (t - 0.005, t + 0.005):
+            det = torch.tensor([[0.0, 0, 100, 100 * iou, 0.9, 0]])  # inside the label: IoU = its height / 100
+            assert abs(box_iou(label[:, 1:], det[:, :4]).item() - iou) < 1e-6
+            correct = match_predictions(det, label, per_threshold=per_threshold)[0]
+            assert correct.tolist() == [iou >= c for c in COCO_THRESHOLDS], (iou, correct.tolist())
     assert IOU_THRESHOLDS.shape == (10,)
-    torch.testing.assert_close(IOU_THRESHOLDS, torch.arange(10) * 0.05 + 0.5)
 
 
 # ------------------------------------------------------------------------------ confusion matrix --

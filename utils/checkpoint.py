@@ -13,8 +13,10 @@ returns one normalised dict; models/load.py rebuilds a Model from it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
+import time
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -74,10 +76,12 @@ def make_checkpoint(model: nn.Module, *, epoch: int = -1, best_fitness=None, met
 def save_checkpoint(obj, path: str | Path) -> Path:
     """Write atomically: a temp file in the same folder, fsync, then os.replace over `path`.
 
-    A crash or kill at any moment leaves either the old file or the new one, never a partial file.
+    A crash or kill at any moment leaves either the old file or the new one, never a partial file. A killed
+    write leaves its temp file behind (nothing can run at SIGKILL); the next successful save removes it.
     `obj` is a checkpoint dict (made plain here) or a model (wrapped with make_checkpoint()).
     """
     path = Path(path)
+    started = time.time()
     obj = make_checkpoint(obj) if isinstance(obj, nn.Module) else to_plain(obj)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -92,6 +96,7 @@ def save_checkpoint(obj, path: str | Path) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    remove_stale_temps(path, older_than=started)
     with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -99,6 +104,20 @@ def save_checkpoint(obj, path: str | Path) -> Path:
         finally:
             os.close(dir_fd)
     return path
+
+
+def remove_stale_temps(path: str | Path, older_than: float | None = None) -> list[Path]:
+    """Delete the temp files killed writes of `path` left (`.<name>.*.tmp` beside it) last modified before
+    `older_than` (default: now); a write still in progress elsewhere keeps touching its own. Returns them."""
+    path = Path(path)
+    cutoff = time.time() if older_than is None else older_than
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 # ----------------------------------------------------------------------------- loading
@@ -157,11 +176,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     raw = unpickle_archive(path)  # the allow-listed unpickler: tensors, plain data, inert module stand-ins
-    if isinstance(raw, dict) and raw.get("format") == FORMAT:
-        ckpt = _normalise_ours(raw, path)
-    elif is_official_pickle(raw):
-        ckpt = _normalise_official(raw, path)
-    else:
+    try:
+        if isinstance(raw, dict) and raw.get("format") == FORMAT:
+            ckpt = _normalise_ours(raw, path)
+        elif is_official_pickle(raw):
+            ckpt = _normalise_official(raw, path)
+        else:
+            ckpt = None
+    except RecursionError:  # unpickle_archive refuses self-containing structures; this is the last guard
+        raise CheckpointError(f"{path}: the checkpoint's structure nests too deeply to read; refused") from None
+    if ckpt is None:
         keys = sorted(map(str, raw))[:8] if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{path}: neither a {FORMAT} checkpoint nor an official YOLOv5 one (found {keys})")
     if map_location is not None and torch.device(map_location) != torch.device("cpu"):
@@ -169,10 +193,30 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
+class NotResumableError(CheckpointError, ValueError):
+    """--resume was given a checkpoint that holds no training state of this project."""
+
+
+def check_resumable(ckpt: dict) -> dict:
+    """`ckpt` (from load_checkpoint) if --resume can continue it: our format, written during training, with its
+    optimizer state and options. Official checkpoints and finished (stripped) ones are refused by name."""
+    src = ckpt.get("file", "checkpoint")
+    if ckpt.get("format") != FORMAT:
+        raise NotResumableError(f"{src} is an official YOLOv5 checkpoint, not a resumable last.pt of this project; "
+                                f"to fine-tune from it start a new run with --weights {src}")
+    if ckpt.get("optimizer") is None or not isinstance(ckpt.get("epoch"), int) or ckpt["epoch"] < 0:
+        raise NotResumableError(f"{src} holds no optimizer state (its training finished and it was stripped), so "
+                                f"there is nothing to resume; start a new run with --weights {src}")
+    if not isinstance(ckpt.get("opt"), dict):
+        raise NotResumableError(f"{src} holds no training options, so it is not a resumable last.pt of this "
+                                f"project; start a new run with --weights {src}")
+    return ckpt
+
+
 def strip_optimizer(f: str | Path, s: str | Path = "") -> Path:
     """Final-weights form, as YOLOv5: ema replaces model, training state dropped, epoch -1, fp16."""
-    ck = torch.load(f, map_location="cpu", weights_only=True)
-    if ck.get("format") != FORMAT:
+    ck = unpickle_archive(f)  # the one checked reader (torch.load would accept e.g. a 1e12-element stride-0 view)
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{f}: strip_optimizer works on {FORMAT} checkpoints only")
     if ck.get("ema"):
         ck["model"] = ck["ema"]

@@ -10,10 +10,12 @@ import re
 import torch
 import torch.nn as nn
 
+from utils.cli import UserError
+
 ONNX_DOUBLE = 11  # onnx.TensorProto.DOUBLE
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that cannot work as asked; the message names the block and the cause."""
 
 

@@ -7,11 +7,19 @@ stand-ins (`Inert` objects that only store their state), tensors are rebuilt fro
 with `torch.frombuffer` + `as_strided`, and a few plain data types map to harmless builtins. Any other
 global (os.system, builtins.eval, subprocess.Popen, ...) raises `UnsafeCheckpointError` naming it before
 it can be called. The stand-in tree is then walked into a plain state_dict.
+
+Our own format is read the same way (utils/checkpoint.py), so every hostile file meets the same checks,
+each made before memory is spent: no zip record may be compressed (torch never compresses, and a deflated
+record is how a 1.5 MB file asks for gigabytes), a storage record must hold exactly the bytes its pickle
+declares, a tensor view must stay inside its storage (and may repeat elements only up to
+MAX_OVERLAP_ELEMENTS), and the unpickled structure may neither contain itself nor expand past MAX_NODES
+containers or MAX_DEPTH levels.
 """
 from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import re
 import sys
@@ -21,11 +29,17 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from utils.cli import UserError
 from utils.data.names import names_list
 from utils.plain import to_plain
 
+# What a checkpoint may ask for before anything is allocated (see the module docstring).
+MAX_OVERLAP_ELEMENTS = 1 << 24  # a view repeating storage elements (stride 0, as expand() saves) stays below this
+MAX_NODES = 2_000_000  # containers in the unpickled structure, counted along every path (official yolov5x: ~30k)
+MAX_DEPTH = 200  # nesting levels (a pickled YOLOv5 model: ~30)
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be read; the message names the file."""
 
 
@@ -90,12 +104,31 @@ class StorageType:
 
 # ----------------------------------------------------------------------------- safe rebuild functions
 
+def _check_view(storage_numel: int, offset, size, stride) -> None:
+    """The view (offset, size, stride) must address elements of its storage only, without repeating them
+    beyond MAX_OVERLAP_ELEMENTS: a stride-0 view of one element can declare 1e12 of them, and the first
+    copy (.half(), .to(), load_state_dict) would try to allocate them all."""
+    if not all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride)) or len(size) != len(stride):
+        raise CheckpointError(f"tensor with an invalid view: offset {offset!r}, size {size!r}, stride {stride!r}")
+    numel = math.prod(size)
+    if numel == 0:
+        return
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if last >= storage_numel:
+        raise CheckpointError(f"tensor of size {tuple(size)} reaches element {last} of a storage of {storage_numel}")
+    if numel > max(storage_numel, MAX_OVERLAP_ELEMENTS):
+        raise CheckpointError(f"tensor of size {tuple(size)} declares {numel:.3g} elements over a storage of "
+                              f"{storage_numel} (a repeating view); refused before allocating it")
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     if not isinstance(storage, torch.Tensor):
         raise UnsafeCheckpointError(f"tensor rebuild got {type(storage).__name__} instead of a storage")
-    if storage.numel() == 0:
-        return torch.empty(tuple(size), dtype=storage.dtype)
-    return torch.as_strided(storage, tuple(size), tuple(stride), storage_offset)
+    size, stride = tuple(size), tuple(stride)
+    _check_view(storage.numel(), storage_offset, size, stride)
+    if storage.numel() == 0:  # only an empty tensor can get here
+        return torch.empty(size, dtype=storage.dtype)
+    return torch.as_strided(storage, size, stride, storage_offset)
 
 
 def _rebuild_legacy_tensor(storage, storage_offset, size, stride):
@@ -196,17 +229,24 @@ class SafeUnpickler(pickle.Unpickler):
         return self.storages[key]
 
     def _read_storage(self, key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        """The storage's bytes, after checking the record holds exactly what the pickle declares (and is
+        stored, not compressed: open_archive), so the read costs what the file itself costs."""
         name = f"{self.prefix}data/{key}"
         try:
-            raw = self.archive.read(name)
+            info = self.archive.getinfo(name)
         except KeyError:
             raise CheckpointError(f"{self.source}: storage {name} is missing from the archive") from None
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        if len(raw) < numel * itemsize:
-            raise CheckpointError(f"{self.source}: storage {name} has {len(raw)} bytes, expected {numel * itemsize}")
+        nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+        if numel < 0 or info.file_size != nbytes:
+            raise CheckpointError(f"{self.source}: storage {name} has {info.file_size} bytes, but its pickle declares "
+                                  f"{numel} elements ({nbytes} bytes)")
         if numel == 0:
             return torch.empty(0, dtype=dtype)
-        return torch.frombuffer(bytearray(raw[:numel * itemsize]), dtype=dtype)
+        buf = bytearray(nbytes)
+        with self.archive.open(info) as f:
+            if f.readinto(buf) != nbytes:
+                raise CheckpointError(f"{self.source}: storage {name} is cut short")
+        return torch.frombuffer(buf, dtype=dtype)
 
 
 def open_archive(path: Path) -> tuple[zipfile.ZipFile, str]:
@@ -220,6 +260,11 @@ def open_archive(path: Path) -> tuple[zipfile.ZipFile, str]:
     if not pkl:
         zf.close()
         raise CheckpointError(f"{path}: zip archive has no <name>/data.pkl record, so it is not a torch checkpoint")
+    packed = [i.filename for i in zf.infolist() if i.compress_type != zipfile.ZIP_STORED or i.file_size != i.compress_size]
+    if packed:  # torch stores every record as is; a compressed one can expand to any size when read
+        zf.close()
+        raise CheckpointError(f"{path}: record {packed[0]} is zip-compressed, which torch never writes (a "
+                              f"decompression bomb?); refused without reading it")
     prefix = pkl[0][: -len("data.pkl")]
     if f"{prefix}byteorder" in names and zf.read(f"{prefix}byteorder").strip() != b"little" \
             and sys.byteorder == "little":
@@ -235,14 +280,51 @@ def unpickle_archive(path: str | Path) -> object:
     with zf:
         try:
             data = zf.read(f"{prefix}data.pkl")
-            return SafeUnpickler(data, zf, prefix, str(path)).load()
-        except UnsafeCheckpointError as e:
-            raise UnsafeCheckpointError(f"{path}: {e}") from None
-        except CheckpointError:
-            raise
+            top = SafeUnpickler(data, zf, prefix, str(path)).load()
+        except CheckpointError as e:
+            raise type(e)(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
         except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, TypeError, KeyError, IndexError,
                 AttributeError, OverflowError, RuntimeError, MemoryError) as e:  # what damaged bytes can raise
             raise CheckpointError(f"{path}: corrupt checkpoint pickle: {type(e).__name__}: {e}") from None
+    check_structure(top, str(path))
+    return top
+
+
+def _containers_in(x) -> list | None:
+    """The items of a container (a stand-in's state included); None for a leaf."""
+    if isinstance(x, dict):
+        items = [*x.keys(), *x.values()]
+    elif isinstance(x, (list, tuple, set, frozenset)):
+        items = list(x)
+    elif isinstance(x, Inert):
+        items = list(vars(x).values())
+    else:
+        return None
+    return [i for i in items if isinstance(i, (dict, list, tuple, set, frozenset, Inert))]
+
+
+def check_structure(top, source: str, max_nodes: int = MAX_NODES, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse a structure that contains itself, or that shared references expand past max_nodes containers
+    (walked iteratively, so neither case can end in a RecursionError or an exponential walk later)."""
+    on_path: set[int] = set()
+    stack, nodes = [(top, 0, False)], 0
+    while stack:
+        x, depth, leaving = stack.pop()
+        if leaving:
+            on_path.discard(id(x))
+            continue
+        children = _containers_in(x)
+        if children is None:
+            continue
+        if id(x) in on_path:
+            raise CheckpointError(f"{source}: the pickle holds a {type(x).__name__} that contains itself; refused")
+        nodes += 1
+        if nodes > max_nodes or depth > max_depth:
+            raise CheckpointError(f"{source}: the pickle's structure is larger than a checkpoint's (over "
+                                  f"{max_nodes} containers or {max_depth} levels deep); refused")
+        on_path.add(id(x))
+        stack.append((x, depth, True))
+        stack.extend((c, depth + 1, False) for c in children)
 
 
 # ----------------------------------------------------------------------------- stand-in tree -> plain data

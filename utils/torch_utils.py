@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.cli import InputError
 from utils.log import LOGGER
 
 
@@ -69,13 +70,13 @@ def select_device(device: str | int | torch.device = "", batch_size: int = 0) ->
     if spec in ("", "none"):
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r} asks for CUDA but no CUDA device is available; use --device cpu")
+        raise InputError(f"--device {device!r} asks for CUDA but no CUDA device is available; use --device cpu")
     ids = [int(x) for x in spec.split(",") if x != ""]
     bad = [i for i in ids if i >= torch.cuda.device_count()]
     if bad:
-        raise ValueError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+        raise InputError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
     if len(ids) > 1 and batch_size and batch_size % len(ids):
-        raise ValueError(f"--batch-size {batch_size} is not a multiple of the {len(ids)} devices")
+        raise InputError(f"--batch-size {batch_size} is not a multiple of the {len(ids)} devices")
     return torch.device(f"cuda:{ids[0]}")
 
 
@@ -107,6 +108,8 @@ def de_parallel(model: nn.Module) -> nn.Module:
 def check_img_size(imgsz, stride: int = 32, floor: int = 0):
     """Round an image size (int or [h, w]) up to a multiple of the model stride, saying so when it changes."""
     def fit(x: int) -> int:
+        if int(x) < 1:
+            raise InputError(f"--imgsz {imgsz}: image sizes must be positive, such as --imgsz 640")
         return max(math.ceil(int(x) / stride) * stride, floor)
 
     new = fit(imgsz) if isinstance(imgsz, int) else [fit(x) for x in imgsz]

@@ -8,6 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from utils.cli import InputError
 from utils.torch_utils import de_parallel, select_device
 
 LOCAL_RANK = int(os.getenv("LOCAL_RANK", -1))  # set by torchrun / torch.distributed.run
@@ -25,13 +26,13 @@ def init_distributed(opt: argparse.Namespace) -> torch.device:
     if LOCAL_RANK == -1:
         return select_device(opt.device, batch_size=opt.batch_size)
     if opt.image_weights:
-        raise ValueError("--image-weights is not supported with DDP training")
+        raise InputError("--image-weights is not supported with DDP training")
     if opt.batch_size % WORLD_SIZE:
-        raise ValueError(f"--batch-size {opt.batch_size} must be a multiple of WORLD_SIZE {WORLD_SIZE}")
+        raise InputError(f"--batch-size {opt.batch_size} must be a multiple of WORLD_SIZE {WORLD_SIZE}")
     use_cuda = torch.cuda.is_available() and str(opt.device).lower() != "cpu"
     if use_cuda:
         if torch.cuda.device_count() <= LOCAL_RANK:
-            raise ValueError(f"LOCAL_RANK {LOCAL_RANK} has no CUDA device ({torch.cuda.device_count()} visible)")
+            raise InputError(f"LOCAL_RANK {LOCAL_RANK} has no CUDA device ({torch.cuda.device_count()} visible)")
         torch.cuda.set_device(LOCAL_RANK)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return torch.device(f"cuda:{LOCAL_RANK}") if use_cuda else torch.device("cpu")

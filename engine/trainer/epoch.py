@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from engine.trainer.distributed import WORLD_SIZE, all_ranks_finite
-from engine.trainer.hyp import nominal_batch
+from utils.train.hyp import nominal_batch
 from engine.trainer.seeds import seed_epoch
 from engine.trainer.state import TrainState
 from utils.log import LOGGER

@@ -6,8 +6,10 @@ import torch.nn as nn
 
 from engine.trainer.distributed import LOCAL_RANK
 from engine.trainer.state import TrainState
+from utils.cli import InputError
 from utils.log import LOGGER
 from utils.torch_utils import try_channels_last
+from utils.train.checks import check_optimizer_state
 from utils.train.ema import ModelEMA
 from utils.train.loss import ComputeLoss
 from utils.train.optim import build_optimizer, build_scheduler
@@ -42,8 +44,8 @@ def restore_training_state(state: TrainState) -> None:
     """--resume: optimizer, best fitness, EMA, AMP scaler and the next epoch from the checkpoint."""
     ckpt, opt = state.ckpt, state.opt
     if ckpt.get("optimizer") is None:
-        raise ValueError(f"{opt.weights} holds no optimizer state (stripped after training finished); nothing to resume")
-    state.optimizer.load_state_dict(ckpt["optimizer"])
+        raise InputError(f"{opt.weights} holds no optimizer state (stripped after training finished); nothing to resume")
+    state.optimizer.load_state_dict(check_optimizer_state(state.optimizer, ckpt["optimizer"], opt.weights))
     state.best_fitness = float(ckpt.get("best_fitness") or 0.0)
     if state.ema is not None and ckpt.get("ema") is not None:
         state.ema.ema.load_state_dict(ckpt["ema"])
@@ -53,6 +55,6 @@ def restore_training_state(state: TrainState) -> None:
         state.scaler.load_state_dict(scaler)
     state.start_epoch = int(ckpt["epoch"]) + 1
     if state.start_epoch >= opt.epochs:
-        raise ValueError(f"{opt.weights} has finished training to {opt.epochs} epochs, nothing to resume")
+        raise InputError(f"{opt.weights} has finished training to {opt.epochs} epochs, nothing to resume")
     LOGGER.info(f"Resuming training from {opt.weights} from epoch {state.start_epoch} to {opt.epochs} total epochs")
     state.ckpt = None  # free the memory

@@ -6,15 +6,15 @@ from pathlib import Path
 import torch.nn as nn
 import yaml
 
-from engine.trainer.hyp import load_hyp, settle_hyp
 from engine.trainer.seeds import model_init_seed
 from engine.trainer.state import TrainState, plain_options
 from models.load import model_from_checkpoint, pretrained_model
-from models.yolo import Model
-from utils.checkpoint import load_checkpoint
+from models.yolo import Model, check_input_channels
+from utils.checkpoint import check_resumable, load_checkpoint
 from utils.data.dataset_yaml import check_dataset
 from utils.log import LOGGER, colorstr
 from utils.torch_utils import check_img_size, out_of_place_activations, seed_rngs
+from utils.train.hyp import load_hyp, settle_hyp
 from utils.train.loggers import TrainLoggers
 
 
@@ -54,13 +54,14 @@ def build_model(state: TrainState) -> None:
     opt, nc, anchors = state.opt, state.data["nc"], state.hyp_source.get("anchors")
     weights = str(opt.weights or "")
     if opt.resume:
-        state.ckpt = load_checkpoint(weights)
+        state.ckpt = check_resumable(load_checkpoint(weights))
         model = model_from_checkpoint(state.ckpt)
     elif weights.endswith(".pt"):
         exclude = ["anchor"] if opt.cfg or anchors else []  # v6.1: new anchors when the yaml is given
         model, _ = pretrained_model(weights, opt.cfg, nc, anchors, exclude)
     else:
         model = Model(opt.cfg, ch=3, nc=nc, anchors=anchors)
+    check_input_channels(model, 3, "the dataset's images (loaded as RGB)")
     freeze_layers(model, opt.freeze)
     state.gs = max(int(model.stride.max()), 32)
     model.nc, model.names = nc, list(state.data["names"])  # as YOLOv5: checkpoints and users read them

@@ -19,7 +19,7 @@ from utils.train.loss import ComputeLoss
 @dataclass
 class TrainState:
     """One training run's state. `hyp_source` is the hyp file as loaded (what hyp.yaml holds); `hyp` is what
-    training uses, settled once from it (engine/trainer/hyp.py) and only read afterwards."""
+    training uses, settled once from it (utils/train/hyp.py) and only read afterwards."""
     opt: argparse.Namespace
     device: torch.device
     callbacks: Callbacks

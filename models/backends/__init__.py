@@ -22,6 +22,7 @@ from models.backends.onnx_runtime import OnnxBackend
 from models.backends.pytorch import TorchBackend
 from models.backends.torchscript import TorchScriptBackend, read_torchscript_config  # noqa: F401
 from models.load import attempt_load
+from utils.cli import InputError
 from utils.log import LOGGER
 
 SUFFIXES = (".pt", ".onnx", ".torchscript")
@@ -43,10 +44,10 @@ def load_backend(weights, device: torch.device = torch.device("cpu"), half: bool
         model = attempt_load([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), device=device, fuse=fuse)
         return TorchBackend(model, device, half, device.type == "cpu" if channels_last is None else channels_last)
     if len(paths) > 1:
-        raise ValueError(f"an ensemble needs .pt weights, got {', '.join(map(str, paths))}")
+        raise InputError(f"an ensemble needs .pt weights, got {', '.join(map(str, paths))}")
     path, suffix = paths[0], paths[0].suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{path}: weights format '{suffix}' is not supported (use one of {', '.join(SUFFIXES)})")
+        raise InputError(f"{path}: weights format '{suffix}' is not supported (use one of {', '.join(SUFFIXES)})")
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     backend = (OnnxBackend if suffix == ".onnx" else TorchScriptBackend)(path, device)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from utils.cli import InputError
 from utils.data.names import names_list
 from utils.log import LOGGER
 
@@ -24,7 +25,7 @@ class Backend:
         hw = [imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz)
         want = list(self.input_shape[2:])
         if all(w is not None for w in want) and hw != want:
-            raise ValueError(f"{self.path} was exported for image size {want[0]}x{want[1]} (h x w) but --imgsz is "
+            raise InputError(f"{self.path} was exported for image size {want[0]}x{want[1]} (h x w) but --imgsz is "
                              f"{hw[0]}x{hw[1]}; pass --imgsz {' '.join(map(str, want))} or re-export with --dynamic")
 
     def batch_size_for(self, batch_size: int, imgsz) -> int:
@@ -57,7 +58,7 @@ class ExportedBackend(Backend):
     def __init__(self, path: Path, device: torch.device, meta: dict, input_shape, fp16: bool, dynamic: bool):
         self.path, self.device, self.fp16 = path, device, fp16
         if "stride" not in meta or "names" not in meta:
-            raise ValueError(f"{path}: no stride/names metadata in the file; re-export it with this repo's export.py")
+            raise InputError(f"{path}: no stride/names metadata in the file; re-export it with this repo's export.py")
         self.stride = int(meta["stride"])
         self.names = names_list(meta["names"])
         self.nc = len(self.names)
@@ -68,7 +69,7 @@ class ExportedBackend(Backend):
         batch (dataset size not a multiple of the batch) is padded with blank images."""
         want, got = self.input_shape, tuple(im.shape)
         if any(w is not None and w != g for w, g in zip(want[1:], got[1:])) or (want[0] or got[0]) < got[0]:
-            raise ValueError(f"{self.path} was exported for input shape {want} (None = dynamic) but got {got}; "
+            raise InputError(f"{self.path} was exported for input shape {want} (None = dynamic) but got {got}; "
                              f"re-export with --dynamic or use --imgsz {want[2]} --batch-size {want[0]}")
         if want[0] is not None and got[0] < want[0]:
             im = torch.cat((im, im.new_zeros(want[0] - got[0], *got[1:])))
@@ -76,7 +77,7 @@ class ExportedBackend(Backend):
 
     def __call__(self, im: torch.Tensor, augment: bool = False):
         if augment:
-            raise ValueError(f"{self.path}: --augment (test-time augmentation) needs PyTorch .pt weights")
+            raise InputError(f"{self.path}: --augment (test-time augmentation) needs PyTorch .pt weights")
         return self.forward(im), None
 
     def forward(self, im: torch.Tensor) -> torch.Tensor:

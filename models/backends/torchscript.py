@@ -1,4 +1,10 @@
-"""A traced TorchScript file (or one saved for the lite interpreter)."""
+"""A traced TorchScript file (or one saved for the lite interpreter).
+
+Trusted files only: TorchScript is a program, not data. Loading and running one executes the operators it
+contains, and those include reading and writing files (a crafted file can overwrite another file when it is
+run), so every load logs a warning. ONNX files (run by onnxruntime) and .pt checkpoints (read through the
+allow-listed unpickler in utils/official_pt.py) are data and need no such trust.
+"""
 from __future__ import annotations
 
 import json
@@ -8,6 +14,7 @@ from pathlib import Path
 import torch
 
 from models.backends.base import ExportedBackend
+from utils.log import LOGGER
 from utils.tv_ops import load_torchvision_ops
 
 
@@ -27,6 +34,8 @@ class TorchScriptBackend(ExportedBackend):
         except ImportError:
             pass
         path = Path(path)
+        LOGGER.warning(f"WARNING: {path} is TorchScript, which runs the code it contains (including file reads and "
+                       f"writes): load only files you trust; .pt and .onnx weights are data only")
         meta = read_torchscript_config(path)
         try:
             self.model = torch.jit.load(str(path), map_location=device)

@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from utils.cli import InputError
 from utils.data.augment import (augment_hsv, flip_lr, flip_ud, letterbox, mixup, mosaic4, mosaic4_scale_translate,
                            random_perspective)
 from utils.boxes import xywhn2xyxy, xyxy2xywhn
@@ -78,7 +79,7 @@ class LoadImagesAndLabels(Dataset):
         scan = load_or_scan(im_files, label_files, cache_path, nc, prefix)
         if not scan["im_files"]:
             s = scan["stats"]
-            raise ValueError(f"{prefix}No usable images in {path}: {len(im_files)} image files, all "
+            raise InputError(f"{prefix}No usable images in {path}: {len(im_files)} image files, all "
                              f"{s['corrupt']} corrupt (see the warnings above)")
         self.im_files = scan["im_files"]
         self.label_files = img2label_paths(self.im_files)
@@ -152,7 +153,7 @@ class LoadImagesAndLabels(Dataset):
             LOGGER.info(f"{prefix}Cached {self.n} images to disk (.npy)")
             return
         if kind not in ("ram", True):
-            raise ValueError(f"cache must be 'ram' or 'disk', got {kind!r}")
+            raise InputError(f"cache must be 'ram' or 'disk', got {kind!r}")
         with ThreadPoolExecutor(NUM_THREADS) as pool:
             for i, (im, hw0, hw) in enumerate(pool.map(self.load_image, range(self.n))):
                 self.ims[i], self.im_hw0[i], self.im_hw[i] = im, hw0, hw

@@ -4,10 +4,15 @@ Accepted like YOLOv5: `path` (dataset root), `train`/`val`/`test` each a folder,
 a list of those (relative entries are relative to `path`); `names` a list or an {id: name} map; `nc`
 optional but must agree with `names`. Extra keys: `generate: shapes` (+ optional `generate_args:`) renders
 the synthetic set on first use; `hint:` is printed when the dataset cannot be found (nothing is downloaded).
+A relative `path` is looked for from the working directory, beside the yaml, in the repo, then by its last part
+in $YOLOV5_SHARED/datasets/, ../datasets/ and ../shared/datasets/ (read-only material shared between checkouts).
 """
+import os
 from pathlib import Path
 
 import yaml
+
+from utils.cli import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,9 +35,9 @@ def _load_yaml(data) -> tuple[dict, Path | None]:
         with open(file, errors="ignore") as f:
             d = yaml.safe_load(f)
     except yaml.YAMLError as e:
-        raise ValueError(f"{file}: not valid YAML ({e})") from e
+        raise InputError(f"{file}: not valid YAML ({e})") from e
     if not isinstance(d, dict):
-        raise ValueError(f"{file}: expected a mapping with 'train', 'val' and 'names', got {type(d).__name__}")
+        raise InputError(f"{file}: expected a mapping with 'train', 'val' and 'names', got {type(d).__name__}")
     return d, file
 
 
@@ -40,20 +45,20 @@ def _parse_names(d: dict, where: str) -> list[str]:
     names, nc = d.get("names"), d.get("nc")
     if names is None:
         if nc is None:
-            raise ValueError(f"{where}: needs 'names' (a list or an {{id: name}} map) or at least 'nc'")
+            raise InputError(f"{where}: needs 'names' (a list or an {{id: name}} map) or at least 'nc'")
         names = [f"class{i}" for i in range(int(nc))]
     if isinstance(names, dict):
         try:
             ids = sorted(int(k) for k in names)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: 'names' map keys must be integer class ids ({e})") from e
+            raise InputError(f"{where}: 'names' map keys must be integer class ids ({e})") from e
         if ids != list(range(len(ids))):
-            raise ValueError(f"{where}: 'names' ids must be 0..{len(ids) - 1} without gaps, got {ids}")
+            raise InputError(f"{where}: 'names' ids must be 0..{len(ids) - 1} without gaps, got {ids}")
         names = [names[k] if k in names else names[str(k)] for k in ids]
     if not isinstance(names, (list, tuple)) or not names:
-        raise ValueError(f"{where}: 'names' must be a non-empty list or {{id: name}} map")
+        raise InputError(f"{where}: 'names' must be a non-empty list or {{id: name}} map")
     if nc is not None and int(nc) != len(names):
-        raise ValueError(f"{where}: nc={nc} disagrees with names ({len(names)} entries)")
+        raise InputError(f"{where}: nc={nc} disagrees with names ({len(names)} entries)")
     return [str(n) for n in names]
 
 
@@ -64,7 +69,9 @@ def _path_candidates(p: Path, yaml_file: Path | None) -> list[Path]:
     cands = [Path.cwd() / p]
     if yaml_file is not None:
         cands.append(yaml_file.parent / p)
-    cands += [ROOT / p, ROOT.parent / "datasets" / p.name, ROOT.parent / "shared" / "datasets" / p.name]
+    shared = [Path(os.environ["YOLOV5_SHARED"])] if os.getenv("YOLOV5_SHARED") else []
+    cands += [ROOT / p, *[d / "datasets" / p.name for d in shared], ROOT.parent / "datasets" / p.name,
+              ROOT.parent / "shared" / "datasets" / p.name]
     seen, out = set(), []
     for c in cands:
         c = c.resolve()
@@ -118,7 +125,7 @@ def check_dataset(data) -> dict:
     names = _parse_names(d, where)
     for split in ("train", "val"):
         if not d.get(split):
-            raise ValueError(f"{where}: missing '{split}' (a folder, a .txt list of images, or a list of them)")
+            raise InputError(f"{where}: missing '{split}' (a folder, a .txt list of images, or a list of them)")
     root = _resolve_root(d, yaml_file, where)
     hint = f"\n{d['hint']}" if d.get("hint") else ""
     out = dict(d)

@@ -81,26 +81,17 @@ def is_writable(path) -> bool:
 
 
 def _restore_truncated_jpeg(path: str) -> str:
-    """A JPEG without its end marker: decode what is there and rewrite it; returns a note or raises."""
-    im = cv2.imread(path)  # the loader's own decoder: what it can read here, training can read later
-    if im is None:
+    """A JPEG without its end marker: usable when the loader's decoder reads it; returns a note or raises.
+
+    The file is never rewritten (the dataset is the user's, and a re-encode loses quality): the loader decodes
+    what is there each time, which is exactly the image a rewrite would have kept."""
+    if cv2.imread(path) is None:  # the loader's own decoder: what it reads here, training reads later
         raise ValueError("truncated JPEG that cannot be decoded")
-    if not (is_writable(path) and is_writable(os.path.dirname(path) or ".")):
-        return "truncated JPEG (no end marker); decodable, left as is (read-only)"
-    ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 100])
-    tmp = f"{path}.restoring"
-    try:
-        buf.tofile(tmp)
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        return "truncated JPEG (no end marker); decodable, left as is (not writable)"
-    return "corrupt JPEG restored and saved"
+    return "corrupt JPEG restored in memory (truncated, no end marker); the file is left unchanged"
 
 
 def verify_image(path: str) -> ImageCheck:
-    """Open the header, check format and size, and repair a truncated JPEG when possible."""
+    """Open the header, check format and size, and accept a truncated JPEG when it decodes (never rewritten)."""
     try:
         if os.path.getsize(path) == 0:
             return ImageCheck(error="empty file (0 bytes)")

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
+from utils.cli import InputError
 from utils.data.dataset import LoadImagesAndLabels
 from utils.log import LOGGER
 from utils.torch_utils import derive_seed, seed_rngs
@@ -137,7 +138,7 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
         LOGGER.warning(f"{prefix}WARNING: --rect is incompatible with shuffle, setting shuffle=False")
         shuffle = False
     if image_weights and rank != -1:
-        raise ValueError("--image-weights is not supported with DDP (rank != -1)")
+        raise InputError("--image-weights is not supported with DDP (rank != -1)")
     with distributed_zero_first(rank):
         dataset = LoadImagesAndLabels(path, imgsz, batch_size, augment=augment, hyp=hyp, rect=rect,
                                       image_weights=image_weights, cache_images=cache, single_cls=single_cls,
@@ -152,7 +153,7 @@ def create_dataloader(path, imgsz, batch_size, stride, single_cls=False, hyp=Non
     else:
         sampler = DistributedEpochSampler(dataset, shuffle=shuffle, seed=seed)
     if continuous and image_weights:
-        raise ValueError("a continuous loader cannot follow --image-weights' per-epoch draws")
+        raise InputError("a continuous loader cannot follow --image-weights' per-epoch draws")
     batching = dict(batch_sampler=EpochBatches(sampler, batch_size)) if continuous else \
         dict(batch_size=batch_size, sampler=sampler)
     loader = DataLoader(dataset, **batching, num_workers=nw, pin_memory=PIN_MEMORY and torch.cuda.is_available(),

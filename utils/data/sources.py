@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from utils.cli import InputError
 from utils.data.augment import letterbox
 from utils.log import LOGGER
 
@@ -98,7 +99,7 @@ def load_source(source, img_size=(640, 640), stride: int = 32, auto: bool = True
     entries = expand_source(source)
     streams = [e for e in entries if is_stream(e)]
     if streams and len(streams) != len(entries):
-        raise ValueError(f"--source {source}: mixes stream URLs with files; give them separately")
+        raise InputError(f"--source {source}: mixes stream URLs with files; give them separately")
     if streams:
         return LoadStreams(streams, img_size, stride, auto, vid_stride)
     return LoadFiles(entries, img_size, stride, auto, vid_stride)

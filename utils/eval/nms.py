@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from utils.boxes import xywh2xyxy
+from utils.cli import InputError
 from utils.log import LOGGER
 from utils.tv_ops import batched_nms
 
@@ -50,9 +51,9 @@ def _check_args(prediction, conf_thres: float, iou_thres: float) -> torch.Tensor
         raise ValueError(f"non_max_suppression: expected (batch, boxes, 5 + nc) with nc >= 1, "
                          f"got shape {tuple(prediction.shape)}")
     if not 0 <= conf_thres <= 1:
-        raise ValueError(f"Invalid confidence threshold {conf_thres}, valid values are 0.0 to 1.0")
+        raise InputError(f"Invalid confidence threshold {conf_thres}, valid values are 0.0 to 1.0")
     if not 0 <= iou_thres <= 1:
-        raise ValueError(f"Invalid IoU threshold {iou_thres}, valid values are 0.0 to 1.0")
+        raise InputError(f"Invalid IoU threshold {iou_thres}, valid values are 0.0 to 1.0")
     return prediction
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from utils.cli import InputError
 from utils.log import LOGGER, colorstr
 
 PREFIX = colorstr("AutoAnchor: ")
@@ -107,7 +108,7 @@ def kmean_anchors(dataset, n: int = 9, img_size: int = 640, thr: float = 4.0, ge
         LOGGER.info(f"{PREFIX}WARNING: Extremely small objects found: {small} of {len(wh0)} labels are < 3 pixels")
     wh = wh0[(wh0 >= 2.0).any(1)].astype(np.float64)
     if len(wh) < n:
-        raise ValueError(f"{PREFIX}only {len(wh)} usable label boxes, cannot fit {n} anchors")
+        raise InputError(f"{PREFIX}only {len(wh)} usable label boxes, cannot fit {n} anchors")
     LOGGER.info(f"{PREFIX}Running kmeans for {n} anchors on {len(wh)} points...")
     s = wh.std(0) + 1e-9
     k = kmeans(wh / s, n, rng=rng) * s

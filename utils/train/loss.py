@@ -73,7 +73,7 @@ class ObjectnessAndMatched(torch.autograd.Function):
 class ComputeLoss:
     """loss, items = ComputeLoss(model, hyp)(preds, targets); items = (box, obj, cls) detached.
 
-    hyp: the run's settled hyperparameters (gains already scaled, see engine/trainer/hyp.py); read, never written.
+    hyp: the run's settled hyperparameters (gains already scaled, see utils/train/hyp.py); read, never written.
     """
 
     def __init__(self, model: nn.Module, hyp: dict):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.cli import InputError
 from utils.log import LOGGER, colorstr
 
 NOMINAL_BATCH = 64  # gradients are accumulated to this batch size (v6.1's nbs; a hyp 'nbs' key overrides it)
@@ -60,7 +61,7 @@ def build_optimizer(model: nn.Module, name: str = "SGD", lr: float = 0.01, momen
     elif name == "SGD":
         opt = torch.optim.SGD(norm_w, lr=lr, momentum=momentum, nesterov=True)
     else:
-        raise ValueError(f"--optimizer {name!r} is not one of SGD, Adam, AdamW")
+        raise InputError(f"--optimizer {name!r} is not one of SGD, Adam, AdamW")
     opt.add_param_group({"params": decay_w, "weight_decay": weight_decay})
     opt.add_param_group({"params": biases, "weight_decay": 0.0})
     LOGGER.info(f"{colorstr('optimizer:')} {name} with parameter groups {len(norm_w)} weight (no decay), "
