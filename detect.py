@@ -34,7 +34,6 @@ import torch  # noqa: E402
 from utils.annotate import Annotator, colors, display_available, save_one_box  # noqa: E402
 from models.backends import load_backend  # noqa: E402
 from models.visualize import Visualizer  # noqa: E402
-from utils.checkpoint import CheckpointError  # noqa: E402
 from utils.cli import InputError  # noqa: E402
 from utils.data.dataset_yaml import dataset_names  # noqa: E402
 from utils.boxes import scale_boxes, xyxy2xywh  # noqa: E402
@@ -255,13 +254,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 
 def main(opt: argparse.Namespace) -> Path:
-    try:
-        return run(**vars(opt))
-    except (FileNotFoundError, ValueError, CheckpointError, ConnectionError) as e:  # bad input: one line
-        LOGGER.error(f"detect: {e}")
-        raise SystemExit(1) from None
+    return run(**vars(opt))
 
 
 if __name__ == "__main__":
-    from utils.cli import run_cli
+    from utils.cli import register_user_error, run_cli
+    register_user_error(ConnectionError)  # a stream or URL source that cannot be reached
     run_cli(lambda: main(parse_opt()))

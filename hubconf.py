@@ -69,9 +69,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Load a hub model and run it on the sample images")
     parser.add_argument("--model", type=str, default="yolov5s", help="model name (its .pt must be local) or path")
     opt = parser.parse_args()
-    from utils.checkpoint import CheckpointError
-    try:
-        _demo(opt.model)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:  # bad input: one line, no traceback
-        print(f"hubconf.py: {e}", file=sys.stderr)
-        sys.exit(1)
+    from utils.cli import run_cli
+    run_cli(_demo, opt.model)  # bad input: one ERROR line, exit 2

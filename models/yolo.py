@@ -355,12 +355,8 @@ def main(argv=None):
         if any(r.error for r in build_every_yaml(model_cls=Model)):
             raise SystemExit(1)
         return None
-    try:
-        device = select_device(opt.device, batch_size=opt.batch_size)
-        model = Model(opt.cfg).to(device)
-    except (FileNotFoundError, ValueError) as e:  # missing/bad yaml, bad --device: one line (ModelConfigError too)
-        LOGGER.error(f"models/yolo.py: {e}")
-        raise SystemExit(1) from None
+    device = select_device(opt.device, batch_size=opt.batch_size)
+    model = Model(opt.cfg).to(device)  # a missing or bad yaml is a user error: one line through run_cli
     imgsz = opt.imgsz if len(opt.imgsz) > 1 else opt.imgsz * 2
     model.info(verbose=opt.verbose, imgsz=imgsz)
     if opt.profile:

@@ -290,5 +290,5 @@ def test_hubconf_cli(tiny_pt, tmp_path):
     assert "image 5/5: 320x640" in ok.stderr and sorted(p.name for p in (tmp_path / "runs/detect/exp").iterdir()) == [
         "bus.jpg", "image2.jpg", "image4.jpg", "zidane.jpg"]
     bad = subprocess.run(run + ["yolov5l"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
-    assert bad.stderr.strip().startswith("hubconf.py: weights yolov5l.pt not found")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().startswith("ERROR: weights yolov5l.pt not found")

@@ -250,12 +250,15 @@ def test_data_names_for_a_model_without_names(tmp_path, log_lines):
     assert detect.class_names(["cat", "dog"], str(tmp_path / "d.yaml")) == ["cat", "dog"]  # own names win
 
 
-def test_detect_cli_bad_input_is_one_line(tmp_path, log_lines):
+def test_detect_cli_bad_input_is_one_line(tmp_path, capsys):
+    from utils.cli import run_cli
     opt = detect.parse_opt(["--weights", str(tmp_path / "missing.pt"), "--device", "cpu"])
     assert Path(opt.source) == ROOT / "data" / "images"  # YOLOv5's default source
     with pytest.raises(SystemExit) as e:
-        detect.main(opt)
-    assert e.value.code == 1 and log_lines[-1].startswith("detect: weights file not found") and "missing.pt" in log_lines[-1]
+        run_cli(detect.main, opt)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1
+    assert err[0].startswith("ERROR: weights file not found") and "missing.pt" in err[0]
 
 
 def test_local_window_view_with_the_official_unmasked_padding():

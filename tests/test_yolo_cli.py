@@ -59,7 +59,9 @@ def test_cli_test_exit_code(tmp_path, monkeypatch, log_lines):
     assert e.value.code == 1 and log_lines[-1] == "1/2 builds ok, 1 failed"
 
 
-def test_cli_bad_cfg_is_one_line(log_lines):
+def test_cli_bad_cfg_is_one_line(capsys):
+    from utils.cli import run_cli
     with pytest.raises(SystemExit) as e:
-        main(["--cfg", "yolov5n_NoSuchBlock.yaml"])
-    assert e.value.code == 1 and log_lines[-1].startswith("models/yolo.py: model yaml 'yolov5n_NoSuchBlock.yaml'")
+        run_cli(main, ["--cfg", "yolov5n_NoSuchBlock.yaml"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("ERROR: model yaml 'yolov5n_NoSuchBlock.yaml'")
