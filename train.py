@@ -40,6 +40,7 @@ from models.config import resolve_cfg  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.train.autoanchor import check_anchors  # noqa: E402
 from models.load import model_from_checkpoint, pretrained_model  # noqa: E402
+from models.gates import gate_from_scratch  # noqa: E402
 from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, strip_optimizer  # noqa: E402
 from utils.callbacks import Callbacks, TrainLoggers  # noqa: E402
 from utils.cpu_alloc import keep_freed_memory  # noqa: E402
@@ -80,6 +81,9 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train YOLOv5 with attention blocks")
     p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch, the default)")
     p.add_argument("--cfg", type=str, default=None, help=f"model yaml (default {DEMO_CFG})")
+    p.add_argument("--attn-init", choices=["identity", "plain"], default=None,
+                   help="inserted attention layers start as the identity (default with --weights: the pretrained "
+                        "model's mAP is kept) or plain (default from scratch, as papers insert blocks)")
     p.add_argument("--data", type=str, default=str(DEMO_DATA), help="dataset yaml")
     p.add_argument("--hyp", type=str, default=None,
                    help=f"hyperparameters yaml (default {DEFAULT_HYP.name}; {DEMO_HYP.name} for the demo data)")
@@ -222,9 +226,11 @@ def build_model(run: Run) -> None:
         model = model_from_checkpoint(run.ckpt)
     elif weights.endswith(".pt"):
         exclude = ["anchor"] if opt.cfg or hyp.get("anchors") else []  # v6.1: new anchors when the yaml is given
-        model, _ = pretrained_model(weights, opt.cfg, nc, hyp.get("anchors"), exclude)
+        model, _ = pretrained_model(weights, opt.cfg, nc, hyp.get("anchors"), exclude, attn_init=opt.attn_init or "identity")
     else:
         model = Model(opt.cfg, ch=3, nc=nc, anchors=hyp.get("anchors"))
+        if opt.attn_init == "identity":
+            gate_from_scratch(model)
     freeze_layers(model, opt.freeze)
     det = model.model[-1]
     run.gs = max(int(model.stride.max()), 32)

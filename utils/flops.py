@@ -67,23 +67,24 @@ def _probe_input(model: nn.Module, imgsz) -> torch.Tensor:
     return torch.zeros(1, ch, h, w, device=p.device, dtype=p.dtype)
 
 
-def model_gflops(model: nn.Module, imgsz=640) -> tuple[float | None, str]:
-    """(GFLOPs at imgsz for batch 1, reason when it could not be counted)."""
+def model_gflops(model: nn.Module, imgsz=640, extra_rules: dict | None = None) -> tuple[float | None, str]:
+    """(GFLOPs at imgsz for batch 1, reason when it could not be counted). `extra_rules` come from the model's
+    side (e.g. models/gates.GATE_FLOP_RULES), so this module never needs to know the model code."""
     try:
-        return count_flops(model, _probe_input(model, imgsz)) / 1e9, ""
+        return count_flops(model, _probe_input(model, imgsz), extra_rules) / 1e9, ""
     except Exception as e:  # reported, not swallowed: the caller prints the reason
         return None, f"{type(e).__name__}: {e}"
 
 
-def _gflops_text(model: nn.Module, imgsz) -> str:
-    gflops, why = model_gflops(model, imgsz)
+def _gflops_text(model: nn.Module, imgsz, extra_rules: dict | None = None) -> str:
+    gflops, why = model_gflops(model, imgsz, extra_rules)
     size = imgsz if isinstance(imgsz, int) else "x".join(str(s) for s in imgsz[:2])
     if gflops is None:
         return f", GFLOPs n/a at {size} ({why})"
     return f", {gflops:.1f} GFLOPs" + ("" if size in (640, "640x640") else f" at {size}")
 
 
-def model_info(model: nn.Module, verbose: bool = False, imgsz=640) -> str:
+def model_info(model: nn.Module, verbose: bool = False, imgsz=640, extra_rules: dict | None = None) -> str:
     """Print and return `Model Summary: L layers, P parameters, G gradients, F GFLOPs` (v6.1 format)."""
     n_p = sum(p.numel() for p in model.parameters())
     n_g = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -92,7 +93,7 @@ def model_info(model: nn.Module, verbose: bool = False, imgsz=640) -> str:
         LOGGER.info(f"{'layer':>5} {'name':>40} {'gradient':>9} {'parameters':>12} {'shape':>20}")
         for i, (name, p) in enumerate(model.named_parameters()):
             LOGGER.info(f"{i:5g} {name:>40} {str(p.requires_grad):>9} {p.numel():12g} {str(list(p.shape)):>20}")
-    fl = "" if imgsz is None else _gflops_text(model, imgsz)  # imgsz=None: parameters only, no FLOP count
+    fl = "" if imgsz is None else _gflops_text(model, imgsz, extra_rules)  # imgsz=None: parameters only, no FLOP count
     line = f"Model Summary: {n_layers} layers, {n_p} parameters, {n_g} gradients{fl}"
     LOGGER.info(line)
     return line
