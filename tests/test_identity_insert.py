@@ -270,7 +270,7 @@ def test_step0_map_of_attention_variants_equals_plain_yolov5n(official_weights, 
     from benchmarks.step0 import step0, val_loader
     from utils.data.dataset_yaml import check_dataset
 
-    data = check_dataset(_coco(coco128_dir.parent, "coco128"))
+    data = check_dataset(_coco(coco128_dir.parents[1], "coco128"))
     loader = val_loader(data, 320, 32, 2)
     _, base = step0(str(official_weights), "yolov5n.yaml", data, loader, 320, "identity")
     assert abs(base - 0.2907) <= 0.002  # the known figure for yolov5n.pt on coco128 at 320

@@ -26,6 +26,7 @@ def plot_study(rows: list[dict], records: list[RunRecord], path: Path) -> Path |
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), tight_layout=True)
     for i, r in enumerate(rows):
@@ -35,11 +36,12 @@ def plot_study(rows: list[dict], records: list[RunRecord], path: Path) -> Path |
             ax1.errorbar(r["gflops"], r["map_mean"], yerr=err, fmt="o", capsize=4, color=color, label=r["variant"])
         x, mean, half = epoch_band(records, r["variant"])
         if x:
-            ax2.plot(x, mean, color=color, label=r["variant"])
+            ax2.plot(x, mean, "o-" if len(x) <= 30 else "-", ms=3, color=color, label=r["variant"])
             ax2.fill_between(x, [m - h for m, h in zip(mean, half)], [m + h for m, h in zip(mean, half)],
                              color=color, alpha=0.2)
     ax1.set(xlabel="GFLOPs", ylabel="mAP50-95 (mean ± 95% t interval over seeds)", title="accuracy against cost")
     ax2.set(xlabel="epoch", ylabel="val mAP50-95", title="per-epoch mean ± 95% band over seeds")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
