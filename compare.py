@@ -228,6 +228,10 @@ def main(argv=None) -> list[dict]:
     except StudyError as e:
         LOGGER.error(f"compare: {e}")
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        LOGGER.warning("\ncompare: interrupted; run the same command again to reuse the finished runs and resume "
+                       "the others from their last.pt")
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
