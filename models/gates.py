@@ -46,8 +46,16 @@ GATE_FLOP_RULES = {aten.lerp: _lerp_flops}
 
 
 def apply_gate(gate: torch.Tensor, x_in: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """lerp exports to ONNX (Sub/Mul/Add/Where) and TorchScript; at gate 0 it returns x_in exactly."""
-    return torch.lerp(x_in, out, gate.to(out.dtype))
+    """lerp exports to ONNX (Sub/Mul/Add/Where) and TorchScript; at gate 0 it returns x_in exactly.
+
+    lerp wants one dtype; under autocast a block may return another than it got (ACmix answers bf16/fp16 input
+    in fp32), so both go to the promoted type, which is what the block alone would have returned."""
+    dtype = torch.promote_types(x_in.dtype, out.dtype)
+    if x_in.dtype != dtype:
+        x_in = x_in.to(dtype)
+    if out.dtype != dtype:
+        out = out.to(dtype)
+    return torch.lerp(x_in, out, gate if gate.dtype == dtype else gate.to(dtype))
 
 
 def gated_layers(model: nn.Module) -> list[int]:

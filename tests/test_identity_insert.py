@@ -295,3 +295,18 @@ def test_ddp_trains_a_gated_model(plain_ckpt, tmp_path):
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     ck = load_checkpoint(tmp_path / "runs" / "ddp" / "weights" / "last.pt")
     assert ck["yaml"]["identity_gates"] == [3] and ck["state_dict"]["gates.3"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", ["ACmix-P5", "TripletAttention"])
+def test_gated_layers_train_under_autocast(variant):
+    """Under bf16 autocast ACmix returns fp32 for bf16 input: the gate mixes both in the promoted type."""
+    model = Model(f"yolov5n_{variant}.yaml")
+    gate_from_scratch(model)
+    (i,) = gated_layers(model)
+    with torch.no_grad():
+        model.gates[str(i)].fill_(0.3)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.rand(2, 3, 64, 64))
+    sum(o.float().sum() for o in out).backward()
+    assert model.gates[str(i)].grad.abs().sum() > 0
