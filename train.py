@@ -84,6 +84,9 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p.add_argument("--freeze", nargs="+", type=int, default=[0], help="freeze layers: backbone=10, first3=0 1 2")
     p.add_argument("--save-period", type=int, default=-1, help="save checkpoint every x epochs (disabled if < 1)")
     p.add_argument("--seed", type=int, default=0, help="global training seed")
+    p.add_argument("--attn-init", choices=["identity", "plain"], default=None,
+                   help="inserted attention layers start as the identity (default with --weights: the pretrained "
+                        "model's mAP is kept) or plain (default from scratch, as papers insert blocks)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast on CPU (CUDA always uses fp16 AMP)")
     p.add_argument("--noplots", action="store_true", help="save no plot files")
     p.add_argument("--local_rank", type=int, default=-1, help="DDP parameter, do not modify")

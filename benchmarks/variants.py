@@ -17,7 +17,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.registry import op_flop_rules  # noqa: E402
 from models.yolo import Model  # noqa: E402
 from utils.flops import model_gflops  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
@@ -33,7 +32,7 @@ def measure(variant: str, scale: str, imgsz: int) -> tuple[int, float | None, st
     cfg = f"yolov5{scale}.yaml" if not variant else f"yolov5{scale}_{variant}.yaml"
     model = Model(cfg).eval().fuse()
     params = sum(p.numel() for p in model.parameters())
-    gflops, why = model_gflops(model, imgsz, op_flop_rules(model))
+    gflops, why = model_gflops(model, imgsz, model.flop_rules())
     return params, gflops, why
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from models.gates import gate_summary, insertion_gates, set_identity_gates, split_gate_tensors
 from models.registry import ModelConfigError
 from models.yolo import Detect, Model, parse_model
 from utils.checkpoint import CheckpointError, load_checkpoint
@@ -79,16 +80,30 @@ def _load_strict(model: nn.Module, sd: dict, source: str) -> None:
 
 
 def pretrained_model(weights: str | Path, cfg=None, nc: int | None = None, anchors=None, exclude=(),
-                     verbose: bool = True) -> tuple[Model, TransferReport]:
+                     verbose: bool = True, attn_init: str = "identity") -> tuple[Model, TransferReport]:
     """Build a model from `cfg` (else the checkpoint's own yaml) and transfer the checkpoint's tensors into it by
     aligned layers, so blocks inserted by the yaml shift nothing (train.py's --weights). YOLOv5 fine-tunes from
-    the checkpoint's 'model' weights (stripped files hold the EMA there)."""
+    the checkpoint's 'model' weights (stripped files hold the EMA there).
+
+    attn_init='identity' (the default) gates every attention layer that received no pretrained tensors at 0, so
+    the model starts out computing exactly what the checkpoint computes (models/gates.py); 'plain' inserts the
+    blocks as they are. Gates of a gated checkpoint are carried to the aligned layers in both modes."""
     ckpt = load_checkpoint(weights, map_location="cpu")
     if not cfg:  # the checkpoint's own yaml: it must fit its tensors before it is built
         check_yaml_fits(ckpt["yaml"], ckpt["state_dict"], str(weights))
     model = Model(cfg or ckpt["yaml"], ch=3, nc=nc, anchors=anchors)
-    report = transfer_weights(model, ckpt["state_dict"], ckpt.get("yaml"), source=weights, exclude=exclude,
-                              verbose=verbose)
+    sd, source_gates = split_gate_tensors(ckpt["state_dict"])
+    report = transfer_weights(model, sd, ckpt.get("yaml"), source=weights, exclude=exclude, verbose=verbose)
+    values, notes = insertion_gates(model, report.layer_map, report.missing, ckpt.get("yaml"), source_gates, attn_init)
+    set_identity_gates(model, values)
+    if verbose:
+        for note in notes:
+            LOGGER.warning(f"WARNING: {weights}: {note}")
+        gated = gate_summary(model)
+        if gated:
+            LOGGER.info(f"{gated} (these layers start as the identity; --attn-init plain inserts them plainly)")
+        elif attn_init == "plain":
+            LOGGER.info("plain insertion (--attn-init plain): inserted layers start from their own init")
     return model, report
 
 

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:
 
 from models.common import Conv  # noqa: E402  (also registers every block)
 from models.config import load_model_yaml  # noqa: E402
+from models.gates import GATE_FLOP_RULES, GATE_KEY, apply_gate, build_gates, gate_summary  # noqa: E402
 from models.registry import (MAX_CHANNELS, MAX_LAYERS, MAX_REPEATS, REGISTRY, LayerContext, ModelConfigError,  # noqa: E402
                              check_call, describe_blocks, detect_head, lookup, op_flop_rules, register)
 from utils.log import LOGGER  # noqa: E402
@@ -128,6 +129,7 @@ def parse_model(d: dict, ch: list[int]):
     anchors, nc, gd, gw = d["anchors"], d["nc"], d["depth_multiple"], d["width_multiple"]
     LOGGER.debug(f"\n{'':>3}{'from':>18}{'n':>3}{'params':>10}  {'module':<40}{'arguments':<30}")
     layers, save, c2 = [], [], ch[-1]
+    gated = set(d.get(GATE_KEY) or []) if isinstance(d.get(GATE_KEY), list) else set()
     rows = list(d["backbone"]) + list(d["head"])
     if len(rows) > MAX_LAYERS:
         raise ModelConfigError(f"the yaml has {len(rows)} layers; more than {MAX_LAYERS} is refused")
@@ -158,7 +160,8 @@ def parse_model(d: dict, ch: list[int]):
         m_ = nn.Sequential(*mods) if built.n > 1 else mods[0]
         m_.i, m_.f, m_.type = i, f, spec.name
         m_.np = sum(p.numel() for p in m_.parameters())
-        LOGGER.debug(f"{i:>3}{str(f):>18}{n_:>3}{m_.np:10.0f}  {spec.name:<40}{str(built.args):<30}")
+        shown = spec.name + (" (identity-gated)" if i in gated else "")
+        LOGGER.debug(f"{i:>3}{str(f):>18}{n_:>3}{m_.np:10.0f}  {shown:<40}{str(built.args):<30}")
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)  # outputs read later
         layers.append(m_)
         c2 = built.c2
@@ -180,7 +183,10 @@ class Model(nn.Module):
         if anchors:
             LOGGER.info(f"Overriding model.yaml anchors with anchors={anchors}")
             self.yaml["anchors"] = round(anchors)
-        self.model, self.save = parse_model(deepcopy(self.yaml), ch=[ch])
+        self.channels = [ch]  # parse_model appends each layer's output channels: channels[i + 1] is layer i's
+        self.model, self.save = parse_model(deepcopy(self.yaml), ch=self.channels)
+        gates = _gates_in_yaml(self.yaml)  # identity insertion (models/gates.py); None keeps v6.1's module count
+        self.gates = build_gates(self, gates) if gates else None
         self.names = [str(i) for i in range(self.yaml["nc"])]
         self.inplace = self.yaml.get("inplace", True)
         self._init_detect(ch)
@@ -194,20 +200,27 @@ class Model(nn.Module):
         if not isinstance(m, Detect):
             self.stride = torch.tensor([32.0])
             return
-        s = self._probe_size()
         m.inplace = self.inplace
-        buffers = {k: v.clone() for k, v in self.named_buffers()}  # the probe must not move BN statistics
-        with torch.no_grad():
-            was_training = self.training
-            self.train()  # Detect returns raw maps in training mode
-            outs = self._forward_once(torch.zeros(1, ch, s, s), probe=True)
-            self.train(was_training)
-        self.load_state_dict(buffers, strict=False)
+        s, outs = self.probe_forward()
         m.stride = torch.tensor([s / x.shape[-2] for x in outs])
         m.anchors /= m.stride.view(-1, 1, 1)
         check_anchor_order(m)
         self.stride = m.stride
         self._initialize_biases()
+
+    def probe_forward(self):
+        """(size, outputs) of one zero image through every layer in training mode (Detect returns raw maps);
+        BN statistics are left as they were, and a layer or gate that fails is named."""
+        s = self._probe_size()
+        p = next(self.parameters())
+        buffers = {k: v.clone() for k, v in self.named_buffers()}  # the probe must not move BN statistics
+        with torch.no_grad():
+            was_training = self.training
+            self.train()
+            outs = self._forward_once(torch.zeros(1, self.yaml["ch"], s, s, device=p.device, dtype=p.dtype), probe=True)
+            self.train(was_training)
+        self.load_state_dict(buffers, strict=False)
+        return s, outs
 
     def _probe_size(self) -> int:
         """Smallest square input whose deepest map still meets every block's declared min_size.
@@ -244,10 +257,10 @@ class Model(nn.Module):
         for m in self.model:
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            if probe:
-                x = _run_layer_named(m, x)
-            else:
-                x = m(x)
+            out = _run_layer_named(m, x) if probe else m(x)
+            if self.gates is not None and str(m.i) in self.gates:  # identity insertion: x + g * (block(x) - x)
+                out = _run_gate_named(m, self.gates[str(m.i)], x, out) if probe else apply_gate(self.gates[str(m.i)], x, out)
+            x = out
             y.append(x if m.i in self.save else None)
         return x
 
@@ -295,9 +308,17 @@ class Model(nn.Module):
         self.info(imgsz=640 if flops else None)
         return self
 
+    def flop_rules(self) -> dict:
+        """FLOP rules for ops torch's counter has no formula for: its blocks' (registered) and the gates'."""
+        return {**op_flop_rules(self), **(GATE_FLOP_RULES if self.gates is not None else {})}
+
     def info(self, verbose=False, imgsz=640):
         from utils.flops import model_info
-        return model_info(self, verbose=verbose, imgsz=imgsz, extra_rules=op_flop_rules(self))
+        line = model_info(self, verbose=verbose, imgsz=imgsz, extra_rules=self.flop_rules())
+        gated = gate_summary(self)
+        if gated:
+            LOGGER.info(gated)
+        return f"{line}\n{gated}" if gated else line
 
     def _apply(self, fn, *args, **kwargs):
         """Keep Detect's stride and cached grids on the model's device/dtype (to(), cuda(), half())."""
@@ -328,6 +349,22 @@ def _run_layer_named(m: nn.Module, x):
     except Exception as e:
         shapes = [tuple(t.shape) for t in x] if isinstance(x, list) else tuple(x.shape)
         raise ModelConfigError(f"layer {m.i} ({m.type}, from {m.f}) failed on input {shapes}: {e}") from e
+
+
+def _run_gate_named(m: nn.Module, gate: torch.Tensor, x, out):
+    try:
+        return apply_gate(gate, x, out)
+    except Exception as e:
+        shapes = f"input {tuple(x.shape)}, output {tuple(out.shape)}, gate {tuple(gate.shape)}"
+        raise ModelConfigError(f"{GATE_KEY}: layer {m.i} ({m.type}) cannot start as the identity ({shapes}): {e}") from e
+
+
+def _gates_in_yaml(d: dict) -> dict:
+    """{layer: None} from the yaml's identity_gates list (tensors come with the checkpoint)."""
+    listed = d.get(GATE_KEY) or []
+    if not isinstance(listed, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in listed):
+        raise ModelConfigError(f"{GATE_KEY} must be a list of layer indices, got {listed!r}")
+    return {i: None for i in listed}
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ import yaml
 
 from engine.trainer.seeds import model_init_seed
 from engine.trainer.state import TrainState, plain_options
+from models.gates import gate_from_scratch
 from models.load import model_from_checkpoint, pretrained_model
 from models.yolo import Model, check_input_channels
 from utils.checkpoint import check_resumable, load_checkpoint
@@ -58,9 +59,11 @@ def build_model(state: TrainState) -> None:
         model = model_from_checkpoint(state.ckpt)
     elif weights.endswith(".pt"):
         exclude = ["anchor"] if opt.cfg or anchors else []  # v6.1: new anchors when the yaml is given
-        model, _ = pretrained_model(weights, opt.cfg, nc, anchors, exclude)
+        model, _ = pretrained_model(weights, opt.cfg, nc, anchors, exclude, attn_init=opt.attn_init or "identity")
     else:
         model = Model(opt.cfg, ch=3, nc=nc, anchors=anchors)
+        if opt.attn_init == "identity":  # from scratch only when asked: there is no pretrained model to keep
+            gate_from_scratch(model)
     check_input_channels(model, 3, "the dataset's images (loaded as RGB)")
     freeze_layers(model, opt.freeze)
     state.gs = max(int(model.stride.max()), 32)

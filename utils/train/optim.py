@@ -1,7 +1,8 @@
 """Optimizer parameter groups, LR schedules and warm-up (YOLOv5 v6.1 behaviour, v7.0 grouping).
 
 Groups: 0 = weights of normalisation layers (no decay), 1 = other weights (decay), 2 = biases
-(no decay; warm-up starts them at warmup_bias_lr). Grouping walks every module's *own* parameters,
+(no decay; warm-up starts them at warmup_bias_lr). Parameters of a module marked `no_weight_decay = True`
+(the identity-insertion gates, models/gates.py) join group 0: decay would pull them back to 'block off'. Grouping walks every module's *own* parameters,
 so raw nn.Parameters inside attention blocks (ACmix rate1/rate2, attention_biases, rpe_table, ...)
 are optimised too, which v6.1's attribute-based grouping silently missed.
 """
@@ -34,7 +35,7 @@ def parameter_groups(model: nn.Module) -> tuple[list, list, list]:
             seen.add(id(p))
             if name == "bias":
                 biases.append(p)
-            elif _is_norm(module):
+            elif _is_norm(module) or getattr(module, "no_weight_decay", False):  # e.g. identity-insertion gates
                 norm_w.append(p)
             else:
                 decay_w.append(p)
