@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.gates import gate_summary, insertion_gates, set_identity_gates, split_gate_tensors
-from models.registry import ModelConfigError
+from models.gates import GATE_KEY, gate_summary, insertion_gates, set_identity_gates, split_gate_tensors
+from models.registry import MAX_CHANNELS, ModelConfigError
 from models.yolo import Detect, Model, parse_model
 from utils.checkpoint import CheckpointError, load_checkpoint
 from utils.cli import InputError
@@ -57,7 +57,23 @@ def check_yaml_fits(yaml: dict, sd: dict, source: str) -> None:
     except (ModelConfigError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{source}: its model yaml does not build: {e}") from None
     shapes = {f"model.{k}": tuple(v.shape) for k, v in layers.state_dict().items()}
+    sd, gates = split_gate_tensors(sd)
     _refuse_mismatch(shapes, {k: tuple(v.shape) for k, v in sd.items()}, source)
+    _check_gate_tensors(yaml, gates, source)
+
+
+def _check_gate_tensors(yaml: dict, gates: dict, source: str) -> None:
+    """Identity gates (models/gates.py) are small (1, C, 1, 1) tensors, one per layer the yaml lists; their
+    exact channel counts are checked by the strict load of the real build."""
+    listed = yaml.get(GATE_KEY) or []
+    if sorted(gates) != sorted(listed) if isinstance(listed, list) else True:
+        raise CheckpointError(f"{source}: gate tensors for layers {sorted(gates)} but its yaml lists "
+                              f"{GATE_KEY}: {listed!r}")
+    bad = [i for i, g in gates.items() if g.dim() != 4 or g.shape[0] != 1 or g.shape[2:] != (1, 1)
+           or not 1 <= g.shape[1] <= MAX_CHANNELS]
+    if bad:
+        raise CheckpointError(f"{source}: gate of layer {bad[0]} has shape {tuple(gates[bad[0]].shape)}, "
+                              f"expected (1, channels, 1, 1)")
 
 
 def _refuse_mismatch(own: dict, stored: dict, source: str) -> None:
