@@ -175,34 +175,56 @@ class Model(nn.Module):
         if not isinstance(m, Detect):
             self.stride = torch.tensor([32.0])
             return
-        s = self._probe_size()
         m.inplace = self.inplace
-        buffers = {k: v.clone() for k, v in self.named_buffers()}  # the probe must not move BN statistics
-        with torch.no_grad():
-            was_training = self.training
-            self.train()  # Detect returns raw maps in training mode
-            outs = self._forward_once(torch.zeros(1, ch, s, s), probe=True)
-            self.train(was_training)
-        self.load_state_dict(buffers, strict=False)
-        m.stride = torch.tensor([s / x.shape[-2] for x in outs])
+        s, maps = self._probe_strides(ch)
+        m.stride = torch.tensor([s / x.shape[-2] for x in maps])
         m.anchors /= m.stride.view(-1, 1, 1)
         check_anchor_order(m)
         self.stride = m.stride
         self._initialize_biases()
 
-    def _probe_size(self) -> int:
-        """Smallest square input whose deepest map still meets every block's declared min_size.
+    def _probe_strides(self, ch: int) -> tuple[int, list[torch.Tensor]]:
+        """(probe size, the maps Detect gets) from zeros forwards in eval mode (BatchNorm takes a 1x1 map there).
 
-        v6.1 probes at 256 px; strides do not depend on the size, and 64 px (P5 = 2x2) is 16x cheaper.
+        v6.1 probes at 256 px; strides do not depend on the size, and 64 px (P5 = 2x2) is 16x cheaper. A 1-pixel
+        deepest map may be clipped (an input smaller than that level's stride still gives 1 pixel), so the size
+        doubles until the deepest map is at least 2x2: then each map is exactly size / stride (P6 at 128, P7 at 256).
+        A layer failing on a 1-pixel input (a clipped map meeting an unclipped one) also doubles it; any other
+        failure is a wrong yaml and is raised at once, naming the layer.
         """
+        s = self._probe_size()
+        buffers = {k: v.clone() for k, v in self.named_buffers()}  # the probe must not move any statistics
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                while True:
+                    try:
+                        maps = self._forward_once(torch.zeros(1, ch, s, s), probe=True)
+                    except ModelConfigError as e:  # a clipped 1-pixel map meeting a larger one (P7 at 64 px)
+                        if getattr(e, "min_side", 0) > 1 or s >= MAX_PROBE:
+                            raise
+                        s *= 2
+                        continue
+                    maps = maps if isinstance(maps, list) else [maps]
+                    if min(x.shape[-2] for x in maps) >= 2 or s >= MAX_PROBE:
+                        break
+                    s *= 2
+        finally:
+            self.train(was_training)
+            self.load_state_dict(buffers, strict=False)
+        return s, maps
+
+    def _probe_size(self) -> int:
+        """Smallest square input whose P5 map still meets every block's declared min_size."""
         need = max((REGISTRY[m.type].min_size for m in self.model if m.type in REGISTRY), default=1)
         return max(64, 32 * need)
 
     def _init_weights(self) -> None:
         for layer in self.model:
             spec = REGISTRY.get(getattr(layer, "type", ""))
-            if spec is not None and spec.attention:
-                continue  # attention blocks keep their official BN settings
+            if spec is not None and spec.attention and not spec.yolo_init:
+                continue  # attention blocks keep their official BN settings (YOLOv5's own C3TR takes v6.1's)
             initialize_weights(layer.modules())
 
     def _initialize_biases(self, cf=None) -> None:
@@ -221,10 +243,13 @@ class Model(nn.Module):
         return self._forward_once(x)
 
     def _forward_once(self, x, probe=False):
+        """probe=True: layers named on failure, and the head's inputs are returned (the stride probe needs only them)."""
         y = []
         for m in self.model:
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if probe and m is self.model[-1]:
+                return x
             if probe:
                 x = _run_layer_named(m, x)
             else:
@@ -292,13 +317,18 @@ class Model(nn.Module):
         return self
 
 
+MAX_PROBE = 4096  # the largest stride probe (a P12 model); the first probe is 64 px
+
+
 def _run_layer_named(m: nn.Module, x):
     """Run one layer of the probe pass; a failure names the layer, its row and the input shapes."""
     try:
         return m(x)
     except Exception as e:
         shapes = [tuple(t.shape) for t in x] if isinstance(x, list) else tuple(x.shape)
-        raise ModelConfigError(f"layer {m.i} ({m.type}, from {m.f}) failed on input {shapes}: {e}") from e
+        err = ModelConfigError(f"layer {m.i} ({m.type}, from {m.f}) failed on input {shapes}: {e}")
+        err.min_side = min((min(s[2:]) for s in (shapes if isinstance(x, list) else [shapes]) if len(s) == 4), default=0)
+        raise err from e
 
 
 def main(argv=None):
