@@ -75,8 +75,10 @@ class Detect(nn.Module):
     def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor):
         d, t = like.device, like.dtype
         yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2)
-        anchor_grid = (self.anchors[i] * self.stride[i]).to(d, t).view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
+        # broadcast shapes (1, 1, ny, nx, 2) and (1, na, 1, 1, 2), not expanded copies: the same values, and
+        # OpenVINO's CPU plugin mis-broadcasts an expanded grid against a dynamic batch
+        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
+        anchor_grid = (self.anchors[i] * self.stride[i]).to(d, t).view(1, self.na, 1, 1, 2)
         return grid, anchor_grid
 
 
