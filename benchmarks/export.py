@@ -1,16 +1,19 @@
-"""CPU latency of PyTorch (fused, eval) versus onnxruntime for yolov5s and every attention variant.
+"""CPU latency of PyTorch (fused, eval) versus onnxruntime and OpenVINO for yolov5s and every attention variant.
 
 Usage:
     python benchmarks/export.py                               # scale s, 640x640, batch 1, all variants
     python benchmarks/export.py --scale n --imgsz 128 --repeats 3 --variants DAT SE   # quick check
 
 Each model is built from its yaml (random init: latency does not depend on the weights), fused, exported
-to a static ONNX file in a temporary folder, then timed: the median over --repeats single-image forwards
-after --warmup untimed ones, PyTorch and onnxruntime on the same number of threads. Prints a markdown table.
+to a static ONNX file in a temporary folder and from it to an OpenVINO FP32 IR (when openvino is installed:
+requirements-openvino.txt), then timed: the median over --repeats single-image forwards after --warmup untimed
+ones, PyTorch, onnxruntime and OpenVINO (CPU plugin, f32) on the same number of threads. Prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import statistics
 import sys
@@ -61,21 +64,44 @@ def bench_one(cfg: str, im: torch.Tensor, tmp: Path, opt) -> dict:
     session = ort_session(f, opt.threads)
     feed = {"images": im.numpy()}
     row["ort"] = median_ms(lambda: session.run(None, feed), opt.warmup, opt.repeats)
+    row["openvino"] = openvino_ms(model, f, im, opt)
     return row
+
+
+def openvino_ms(model, onnx_file: Path, im: torch.Tensor, opt) -> float | None:
+    """The same ONNX file as an OpenVINO FP32 IR on the CPU plugin; None when openvino is not installed."""
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    from utils import export_openvino as ov_ir
+    xml = ov_ir.save_ir(ov_ir.convert_onnx(onnx_file, str), onnx_file.parent / f"{onnx_file.stem}_openvino_model",
+                        onnx_file.stem, {}, half=False)
+    compiled = ov_ir.compile_ir(xml, threads=opt.threads)
+    request, x = compiled.create_infer_request(), im.numpy()
+    return median_ms(lambda: request.infer({0: x}), opt.warmup, opt.repeats)
 
 
 def markdown(rows: list[dict], opt) -> str:
     head = (f"CPU latency, batch 1, {opt.imgsz}x{opt.imgsz}, {opt.threads} threads, median of {opt.repeats} "
-            f"(torch {torch.__version__}, onnxruntime {_ort_version()})\n\n"
-            "| model | params (M) | PyTorch fused (ms) | onnxruntime (ms) | PyTorch / ORT |\n|---|---:|---:|---:|---:|")
-    lines = [f"| {r['model']} | {r['params']:.2f} | {r['torch']:.1f} | {r['ort']:.1f} | {r['torch'] / r['ort']:.2f} |"
-             if "error" not in r else f"| {r['model']} | | failed: {r['error']} | | |" for r in rows]
-    return "\n".join([head, *lines])
+            f"(torch {torch.__version__}, onnxruntime {_version('onnxruntime')}, openvino {_version('openvino')})\n\n"
+            "| model | params (M) | PyTorch fused (ms) | onnxruntime (ms) | OpenVINO FP32 (ms) | PyTorch / ORT "
+            "| PyTorch / OpenVINO |\n|---|---:|---:|---:|---:|---:|---:|")
+    return "\n".join([head, *(_row(r) for r in rows)])
 
 
-def _ort_version() -> str:
-    import onnxruntime
-    return onnxruntime.__version__
+def _row(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['model']} | | failed: {r['error']} | | | | |"
+    ov = r.get("openvino")
+    ov_ms, ov_ratio = (f"{ov:.1f}", f"{r['torch'] / ov:.2f}") if ov else ("n/a", "n/a")
+    return (f"| {r['model']} | {r['params']:.2f} | {r['torch']:.1f} | {r['ort']:.1f} | {ov_ms} "
+            f"| {r['torch'] / r['ort']:.2f} | {ov_ratio} |")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.import_module(package).__version__.split("-")[0]
+    except ImportError:
+        return "not installed"
 
 
 def parse_opt(argv=None):

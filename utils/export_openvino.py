@@ -10,6 +10,7 @@ has it, which moves outputs by ~1e-2 and is not what an FP32 export promises.
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Callable
@@ -112,6 +113,7 @@ def quantize_int8(ov_model, images: list[np.ndarray], head_layer: int | None):
     if head_layer is not None:  # ONNX names: /model.24/m.0/Conv (kept) vs /model.24/Mul_3, /model.24/Sigmoid ...
         ignored = nncf.IgnoredScope(patterns=[rf".*/model\.{head_layer}/[A-Z].*"], validate=False)
     LOGGER.info(f"NNCF {nncf.__version__}: INT8 post-training quantization on {len(images)} images...")
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its per-node INFO lines would flood the export log
     return nncf.quantize(ov_model, nncf.Dataset(images), preset=nncf.QuantizationPreset.MIXED,
                          subset_size=len(images), ignored_scope=ignored)
 
