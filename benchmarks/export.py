@@ -7,7 +7,8 @@ Usage:
 Each model is built from its yaml (random init: latency does not depend on the weights), fused, exported
 to a static ONNX file in a temporary folder and from it to an OpenVINO FP32 IR (when openvino is installed:
 requirements-openvino.txt), then timed: the median over --repeats single-image forwards after --warmup untimed
-ones, PyTorch, onnxruntime and OpenVINO (CPU plugin, f32) on the same number of threads. Prints a markdown table.
+ones, PyTorch, onnxruntime and OpenVINO (CPU plugin, f32) on the same number of threads, taking turns in each
+round so that load from other processes hits all three alike. Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -36,15 +37,19 @@ def variant_names() -> list[str]:
     return sorted(p.stem[len("yolov5_"):] for p in (ROOT / "models").glob("yolov5_*.yaml"))
 
 
-def median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_ms(fns: dict, warmup: int, repeats: int) -> dict:
+    """{name: median ms} of single calls; the callables take turns in each round, so a burst of load on a shared
+    machine slows all of them alike instead of whichever happened to be running."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def ort_session(f: Path, threads: int):
@@ -58,26 +63,25 @@ def ort_session(f: Path, threads: int):
 def bench_one(cfg: str, im: torch.Tensor, tmp: Path, opt) -> dict:
     model = Model(cfg).eval().fuse()
     row = {"model": Path(cfg).stem, "params": sum(p.numel() for p in model.parameters()) / 1e6}
-    with export.export_mode(model), torch.no_grad():
-        row["torch"] = median_ms(lambda: model(im), opt.warmup, opt.repeats)
     f = export.export_onnx(model, im, tmp / f"{row['model']}.onnx", opset=opt.opset, check=False)
-    session = ort_session(f, opt.threads)
-    feed = {"images": im.numpy()}
-    row["ort"] = median_ms(lambda: session.run(None, feed), opt.warmup, opt.repeats)
-    row["openvino"] = openvino_ms(model, f, im, opt)
+    session, feed = ort_session(f, opt.threads), {"images": im.numpy()}
+    fns = {"ort": lambda: session.run(None, feed)}
+    request = openvino_request(f, opt)
+    if request is not None:
+        fns["openvino"] = lambda: request.infer({0: feed["images"]})
+    with export.export_mode(model), torch.no_grad():
+        row.update(median_ms({"torch": lambda: model(im), **fns}, opt.warmup, opt.repeats))
     return row
 
 
-def openvino_ms(model, onnx_file: Path, im: torch.Tensor, opt) -> float | None:
+def openvino_request(onnx_file: Path, opt):
     """The same ONNX file as an OpenVINO FP32 IR on the CPU plugin; None when openvino is not installed."""
     if importlib.util.find_spec("openvino") is None:
         return None
     from utils import export_openvino as ov_ir
     xml = ov_ir.save_ir(ov_ir.convert_onnx(onnx_file, str), onnx_file.parent / f"{onnx_file.stem}_openvino_model",
                         onnx_file.stem, {}, half=False)
-    compiled = ov_ir.compile_ir(xml, threads=opt.threads)
-    request, x = compiled.create_infer_request(), im.numpy()
-    return median_ms(lambda: request.infer({0: x}), opt.warmup, opt.repeats)
+    return ov_ir.compile_ir(xml, threads=opt.threads).create_infer_request()
 
 
 def markdown(rows: list[dict], opt) -> str:

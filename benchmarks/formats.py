@@ -8,10 +8,11 @@ Usage:
     python benchmarks/formats.py --weights best.pt --data data/shapes.yaml --imgsz 128 --formats pytorch onnx
 
 Every format is validated by val.run with the same settings (rect batches: the exports are dynamic, so all
-formats see the same letterboxed images). The latency is then measured on the same backend val used
+formats see the same letterboxed images). The latency is then measured on the backends val uses
 (models.backends.load_backend): the median of --repeats single-image forwards at imgsz x imgsz after --warmup
 untimed ones (first calls build kernels, TorchScript profiles, OpenVINO compiles; val's own per-image time
-includes them on CPU). A format that fails to export or validate is a row with the error, not the end of the run.
+includes them on CPU), the formats taking turns in each round so that load from other processes hits all alike.
+A format that fails to export or validate is a row with the error, not the end of the run.
 """
 from __future__ import annotations
 
@@ -63,31 +64,45 @@ def export_format(key: str, weights: Path, work: Path, opt) -> Path:
     return path
 
 
-def bench_one(key: str, weights: Path, work: Path, opt) -> dict:
+def export_and_validate(key: str, weights: Path, work: Path, opt) -> dict:
     row = {"format": FORMATS[key][0]}
     try:
         path = export_format(key, weights, work, opt)
-        row["file"], row["size"] = path.name, size_mb(path)
+        row.update(path=path, file=path.name, size=size_mb(path))
         results, _, _ = val.run(data=opt.data, weights=str(path), imgsz=opt.imgsz, batch_size=opt.batch_size,
                                 device="cpu", workers=opt.workers, plots=False, project=work / "val", name=key)
-        row.update(map50=results[2], map=results[3], ms=latency_ms(path, opt))
+        row.update(map50=results[2], map=results[3])
     except Exception as e:  # one failing format is a row in the table, not the end of the run
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+        row["error"] = _short(e)
     return row
 
 
-def latency_ms(path: Path, opt) -> float:
-    """Median ms of one (1, 3, imgsz, imgsz) forward on the backend val.py uses, after warm-up."""
-    backend = load_backend(path, torch.device("cpu"))
+def measure_latency(rows: list[dict], opt) -> None:
+    """Median ms of one (1, 3, imgsz, imgsz) forward per format on the backend val.py uses; the formats take turns
+    in each round, after --warmup untimed forwards each."""
     im = torch.rand(1, 3, opt.imgsz, opt.imgsz)
-    times = []
+    backends = {}
+    for r in rows:
+        if "error" not in r:
+            try:
+                backends[r["format"]] = load_backend(r["path"], torch.device("cpu"))
+            except Exception as e:
+                r["error"] = _short(e)
+    times = {k: [] for k in backends}
     with torch.no_grad():
         for i in range(opt.warmup + opt.repeats):
-            t = time.perf_counter()
-            backend.forward(im)
-            if i >= opt.warmup:
-                times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+            for k, backend in backends.items():
+                t = time.perf_counter()
+                backend.forward(im)
+                if i >= opt.warmup:
+                    times[k].append((time.perf_counter() - t) * 1e3)
+    for r in rows:
+        if r["format"] in times:
+            r["ms"] = statistics.median(times[r["format"]])
+
+
+def _short(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
 
 
 def markdown(rows: list[dict], opt) -> str:
@@ -127,8 +142,9 @@ def main(argv=None) -> list[dict]:
     rows = []
     try:
         for key in keys:
-            rows.append(bench_one(key, weights, work, opt))
+            rows.append(export_and_validate(key, weights, work, opt))
             print(f"{rows[-1]['format']}: {'failed' if 'error' in rows[-1] else 'done'}", file=sys.stderr, flush=True)
+        measure_latency(rows, opt)
     finally:
         if not opt.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -65,6 +65,14 @@ def test_the_22_official_names_all_resolve():
             assert (path.name, scale) == ("yolov5-P6.yaml", name[len("hub/yolov5")])
 
 
+def test_hub_names_resolve_without_the_folder_and_letter_case_is_exact():
+    models = ROOT / "models"
+    assert resolve_cfg("yolov5-p2.yaml") == (models / "hub" / "yolov5-p2.yaml", None)
+    assert resolve_cfg("yolov5-p6.yaml")[0] == models / "hub" / "yolov5-p6.yaml"  # the AutoAnchor scale-l model
+    assert resolve_cfg("yolov5-P6.yaml")[0] == models / "yolov5-P6.yaml"  # the P6 family's scales file
+    assert resolve_cfg("yolov5n6_DAT.yaml") == (models / "yolov5-P6_DAT.yaml", "n")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_counts_match_official(name):
     want = OFFICIAL[name]
