@@ -1,22 +1,29 @@
-"""Export a YOLOv5 model (trained weights or a freshly built yaml) to TorchScript and ONNX.
+"""Export a YOLOv5 model (trained weights or a freshly built yaml) to TorchScript, ONNX and OpenVINO.
 
 Usage:
     python export.py --weights yolov5n.pt --include torchscript onnx
     python export.py --weights yolov5n.pt --include onnx --dynamic --opset 17
     python export.py --cfg models/yolov5n_DAT.yaml --include onnx      # check a variant before training
+    python export.py --weights yolov5n.pt --include openvino --dynamic             # yolov5n_openvino_model/
+    python export.py --weights yolov5n.pt --include openvino --half                # FP16 weights (CPU is fine)
+    python export.py --weights yolov5n.pt --include openvino --int8 --data coco128.yaml   # NNCF INT8
 
 The exporters are plain functions on any in-memory model:
     export_onnx(model, im, file, opset=17, dynamic=False, simplify=False) -> Path
     export_torchscript(model, im, file, optimize=False) -> Path
+    export_openvino(model, im, folder, dynamic=False, half=False, int8=False, data=None) -> Path
 Both store the model's stride and class names in the file (ONNX metadata_props; TorchScript
-_extra_files['config.txt']), which models/backends/ reads back.
+_extra_files['config.txt']; OpenVINO metadata.yaml), which models/backends/ reads back.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import io
 import json
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,10 +39,11 @@ from models.yolo import Detect, Model  # noqa: E402
 from utils.export_checks import (ExportError, check_opset, double_tensors, find_failing_layer,  # noqa: E402
                                  label_onnx_node)
 from utils.cli import InputError, run_cli  # noqa: E402
+from utils import export_openvino as ov_ir  # noqa: E402
 from utils.log import LOGGER, colorstr  # noqa: E402
 from utils.torch_utils import select_device  # noqa: E402
 
-FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx"}  # --include choice -> file suffix
+FORMATS = {"torchscript": ".torchscript", "onnx": ".onnx", "openvino": ov_ir.FOLDER_SUFFIX}  # --include -> suffix
 DEFAULT_OPSET = 17  # >= 16 so grid_sample (DAT, D-LKA) exports; v6.1's 12 cannot export those blocks
 DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch", 1: "anchors"}}
 
@@ -237,6 +245,38 @@ def export_onnx(model: nn.Module, im: torch.Tensor, file, opset: int = DEFAULT_O
     return f
 
 
+# ----------------------------------------------------------------------------- OpenVINO
+
+def export_openvino(model: nn.Module, im: torch.Tensor, folder, dynamic: bool = False, half: bool = False,
+                    int8: bool = False, data=None, opset: int = DEFAULT_OPSET) -> Path:
+    """ONNX (this exporter: layer named on failure) -> OpenVINO IR in `folder` with metadata.yaml; --half stores
+    fp16 weights, --int8 quantizes with NNCF on images of `data`. The IR is compiled and run once as a check."""
+    folder, prefix = Path(folder), colorstr("OpenVINO:")
+    ov = ov_ir.require_openvino()
+    if int8 and not data:
+        raise ValueError("--int8 needs --data (a dataset yaml whose train images calibrate the quantization)")
+    LOGGER.info(f"\n{prefix} starting export with openvino {ov.__version__} (dynamic={dynamic}, "
+                f"{'int8' if int8 else 'fp16' if half else 'fp32'})...")
+    if next(model.parameters()).dtype != torch.float32:  # a --half GPU model: the IR is made from fp32
+        model, im = copy.deepcopy(model).float(), im.float()
+    label = functools.partial(label_onnx_node, model)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_file = export_onnx(model, im, Path(tmp) / "model.onnx", opset, dynamic, check=False)
+        ov_model = ov_ir.convert_onnx(onnx_file, label)
+        if int8:
+            head = len(model.model) - 1 if isinstance(getattr(model, "model", None), nn.Sequential) else None
+            ov_model = ov_ir.quantize_int8(ov_model, ov_ir.calibration_images(data, tuple(im.shape[2:])), head)
+    meta = {**model_metadata(model), "shape": list(im.shape), "dynamic": dynamic, "fp16": half and not int8,
+            "int8": int8}
+    xml = ov_ir.save_ir(ov_model, folder, folder.name.removesuffix(ov_ir.FOLDER_SUFFIX), meta, half and not int8)
+    try:
+        ov_ir.compile_ir(xml)(im.detach().cpu().float().numpy())
+    except Exception as e:
+        raise ov_ir.explain_failure(e, "CPU compile/run", None, label) from e
+    LOGGER.info(f"{prefix} export success, saved as {folder}/ ({sum(f.stat().st_size for f in folder.iterdir()) / 1e6:.1f} MB)")
+    return folder
+
+
 # ----------------------------------------------------------------------------- run / CLI
 
 def check_include(include) -> list[str]:
@@ -280,12 +320,13 @@ def _report_onnx_parity(model, im, f: Path) -> None:
 
 def run(weights=None, cfg=None, imgsz=(640, 640), batch_size=1, device="cpu", include=("torchscript", "onnx"),
         half=False, inplace=False, train=False, optimize=False, dynamic=False, simplify=False, opset=DEFAULT_OPSET,
-        out_dir=None) -> list[Path]:
+        int8=False, data=None, out_dir=None) -> list[Path]:
     """Export `weights` (or a model built from `cfg`) to each format in `include`; returns the written paths."""
     include = check_include(include)
     device = select_device(device)
-    if half and device.type == "cpu":
-        raise InputError("--half is only compatible with GPU export, i.e. use --device 0")
+    if half and device.type == "cpu" and include != ["openvino"]:
+        raise InputError("--half is only compatible with GPU export, i.e. use --device 0 "
+                         "(an OpenVINO-only export takes --half on CPU: FP16 weights in the IR)")
     if optimize and device.type != "cpu":
         raise InputError("--optimize (TorchScript mobile) is only compatible with CPU export, use --device cpu")
     imgsz = list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz]
@@ -295,7 +336,7 @@ def run(weights=None, cfg=None, imgsz=(640, 640), batch_size=1, device="cpu", in
     if any(s < 1 or s % stride for s in imgsz):
         raise InputError(f"--imgsz {imgsz} must be positive multiples of the model's max stride {stride}")
     im = torch.zeros(batch_size, 3, *imgsz, device=device)
-    if half:
+    if half and device.type != "cpu":
         im, model = im.half(), model.half()
     source = Path(weights if weights else cfg)
     out = Path(out_dir) if out_dir else (source.parent if weights else ROOT / "runs" / "export")
@@ -308,6 +349,8 @@ def run(weights=None, cfg=None, imgsz=(640, 640), batch_size=1, device="cpu", in
         f = out / (source.stem + FORMATS[fmt])
         if fmt == "torchscript":
             written.append(export_torchscript(model, im, f, optimize, train=train))
+        elif fmt == "openvino":
+            written.append(export_openvino(model, im, f, dynamic, half, int8, data, opset))
         else:
             written.append(export_onnx(model, im, f, opset, dynamic, simplify, train=train))
             if not train and not half:
@@ -325,11 +368,13 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[640, 640], help="image (h, w)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size")
     p.add_argument("--device", default="cpu", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--half", action="store_true", help="FP16 half-precision export (GPU only)")
+    p.add_argument("--half", action="store_true", help="FP16 half-precision export (GPU only; OpenVINO: FP16 IR)")
+    p.add_argument("--int8", action="store_true", help="OpenVINO: INT8 post-training quantization (needs --data)")
+    p.add_argument("--data", type=str, default=None, help="dataset.yaml: calibration images for --int8")
     p.add_argument("--inplace", action="store_true", help="set YOLOv5 Detect() inplace=True")
     p.add_argument("--train", action="store_true", help="model.train() mode")
     p.add_argument("--optimize", action="store_true", help="TorchScript: optimize for mobile")
-    p.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width axes")
+    p.add_argument("--dynamic", action="store_true", help="ONNX/OpenVINO: dynamic batch, height and width axes")
     p.add_argument("--simplify", action="store_true", help="ONNX: simplify model (needs onnxsim)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX: opset version")
     p.add_argument("--include", nargs="+", default=["torchscript", "onnx"], help=f"formats: {', '.join(FORMATS)}")

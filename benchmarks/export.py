@@ -1,16 +1,20 @@
-"""CPU latency of PyTorch (fused, eval) versus onnxruntime for yolov5s and every attention variant.
+"""CPU latency of PyTorch (fused, eval) versus onnxruntime and OpenVINO for yolov5s and every attention variant.
 
 Usage:
     python benchmarks/export.py                               # scale s, 640x640, batch 1, all variants
     python benchmarks/export.py --scale n --imgsz 128 --repeats 3 --variants DAT SE   # quick check
 
 Each model is built from its yaml (random init: latency does not depend on the weights), fused, exported
-to a static ONNX file in a temporary folder, then timed: the median over --repeats single-image forwards
-after --warmup untimed ones, PyTorch and onnxruntime on the same number of threads. Prints a markdown table.
+to a static ONNX file in a temporary folder and from it to an OpenVINO FP32 IR (when openvino is installed:
+requirements-openvino.txt), then timed: the median over --repeats single-image forwards after --warmup untimed
+ones, PyTorch, onnxruntime and OpenVINO (CPU plugin, f32) on the same number of threads, taking turns in each
+round so that load from other processes hits all three alike. Prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import statistics
 import sys
@@ -33,15 +37,19 @@ def variant_names() -> list[str]:
     return sorted(p.stem[len("yolov5_"):] for p in (ROOT / "models").glob("yolov5_*.yaml"))
 
 
-def median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_ms(fns: dict, warmup: int, repeats: int) -> dict:
+    """{name: median ms} of single calls; the callables take turns in each round, so a burst of load on a shared
+    machine slows all of them alike instead of whichever happened to be running."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def ort_session(f: Path, threads: int):
@@ -55,27 +63,49 @@ def ort_session(f: Path, threads: int):
 def bench_one(cfg: str, im: torch.Tensor, tmp: Path, opt) -> dict:
     model = Model(cfg).eval().fuse()
     row = {"model": Path(cfg).stem, "params": sum(p.numel() for p in model.parameters()) / 1e6}
-    with export.export_mode(model), torch.no_grad():
-        row["torch"] = median_ms(lambda: model(im), opt.warmup, opt.repeats)
     f = export.export_onnx(model, im, tmp / f"{row['model']}.onnx", opset=opt.opset, check=False)
-    session = ort_session(f, opt.threads)
-    feed = {"images": im.numpy()}
-    row["ort"] = median_ms(lambda: session.run(None, feed), opt.warmup, opt.repeats)
+    session, feed = ort_session(f, opt.threads), {"images": im.numpy()}
+    fns = {"ort": lambda: session.run(None, feed)}
+    request = openvino_request(f, opt)
+    if request is not None:
+        fns["openvino"] = lambda: request.infer({0: feed["images"]})
+    with export.export_mode(model), torch.no_grad():
+        row.update(median_ms({"torch": lambda: model(im), **fns}, opt.warmup, opt.repeats))
     return row
+
+
+def openvino_request(onnx_file: Path, opt):
+    """The same ONNX file as an OpenVINO FP32 IR on the CPU plugin; None when openvino is not installed."""
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    from utils import export_openvino as ov_ir
+    xml = ov_ir.save_ir(ov_ir.convert_onnx(onnx_file, str), onnx_file.parent / f"{onnx_file.stem}_openvino_model",
+                        onnx_file.stem, {}, half=False)
+    return ov_ir.compile_ir(xml, threads=opt.threads).create_infer_request()
 
 
 def markdown(rows: list[dict], opt) -> str:
     head = (f"CPU latency, batch 1, {opt.imgsz}x{opt.imgsz}, {opt.threads} threads, median of {opt.repeats} "
-            f"(torch {torch.__version__}, onnxruntime {_ort_version()})\n\n"
-            "| model | params (M) | PyTorch fused (ms) | onnxruntime (ms) | PyTorch / ORT |\n|---|---:|---:|---:|---:|")
-    lines = [f"| {r['model']} | {r['params']:.2f} | {r['torch']:.1f} | {r['ort']:.1f} | {r['torch'] / r['ort']:.2f} |"
-             if "error" not in r else f"| {r['model']} | | failed: {r['error']} | | |" for r in rows]
-    return "\n".join([head, *lines])
+            f"(torch {torch.__version__}, onnxruntime {_version('onnxruntime')}, openvino {_version('openvino')})\n\n"
+            "| model | params (M) | PyTorch fused (ms) | onnxruntime (ms) | OpenVINO FP32 (ms) | PyTorch / ORT "
+            "| PyTorch / OpenVINO |\n|---|---:|---:|---:|---:|---:|---:|")
+    return "\n".join([head, *(_row(r) for r in rows)])
 
 
-def _ort_version() -> str:
-    import onnxruntime
-    return onnxruntime.__version__
+def _row(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['model']} | | failed: {r['error']} | | | | |"
+    ov = r.get("openvino")
+    ov_ms, ov_ratio = (f"{ov:.1f}", f"{r['torch'] / ov:.2f}") if ov else ("n/a", "n/a")
+    return (f"| {r['model']} | {r['params']:.2f} | {r['torch']:.1f} | {r['ort']:.1f} | {ov_ms} "
+            f"| {r['torch'] / r['ort']:.2f} | {ov_ratio} |")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.import_module(package).__version__.split("-")[0]
+    except ImportError:
+        return "not installed"
 
 
 def parse_opt(argv=None):

@@ -200,5 +200,9 @@ class Concat(nn.Module):
 
 register("nn.BatchNorm2d", build=batchnorm())(nn.BatchNorm2d)
 
-# Attention blocks register themselves on import and are importable from here, as users expect.
+# YOLOv5's further blocks (models/blocks/) and the attention blocks register themselves on import and are
+# importable from here, as users expect. Named imports of the submodules: safe whichever module loads first.
+from models.blocks.c3_variants import C3SPP, C3x, CrossConv  # noqa: E402,F401
+from models.blocks.ghost import C3Ghost, GhostBottleneck, GhostConv  # noqa: E402,F401
+from models.blocks.transformer import C3TR, TransformerBlock, TransformerLayer  # noqa: E402,F401
 from models.attention import *  # noqa: E402,F401,F403

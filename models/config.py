@@ -1,8 +1,13 @@
 """Model yaml lookup and scale selection.
 
 `yolov5s_TripletAttention.yaml` need not exist: when it does not, the letter after `yolov5` picks the
-depth/width multiples from the `scales:` table of `yolov5_TripletAttention.yaml`. A bare name uses the
+depth/width multiples from the `scales:` table of `yolov5_TripletAttention.yaml`. A `6` after the letter
+names the P6 family (four output levels): `yolov5s6.yaml` is scale s of `yolov5-P6.yaml`, and
+`yolov5n6_TripletAttention.yaml` scale n of `yolov5-P6_TripletAttention.yaml`. A bare name uses the
 file's own `depth_multiple`/`width_multiple` (or its `default_scale`).
+
+Names are looked up as given, then in models/ and models/hub/ (where YOLOv5's extra architectures live,
+so `--cfg yolov5-p2.yaml` and `--cfg hub/yolov5-p2.yaml` both work), with exact letter case.
 """
 from __future__ import annotations
 
@@ -17,11 +22,25 @@ MODELS_DIR = Path(__file__).resolve().parent
 SCALE_RE = re.compile(r"^(yolov5)([nsmlx])(6?)(.*)$")
 
 
+def _exact_file(p: Path) -> bool:
+    """is_file() with the letter case as written, also on case-insensitive file systems (yolov5-P6 vs hub's -p6)."""
+    return p.is_file() and p.name in {c.name for c in p.parent.iterdir()}
+
+
 def _find(path: Path) -> Path | None:
-    for cand in (path, MODELS_DIR / path, MODELS_DIR / path.name):
-        if cand.is_file():
+    for cand in (path, MODELS_DIR / path, MODELS_DIR / path.name, MODELS_DIR / "hub" / path.name):
+        if _exact_file(cand):
             return cand
     return None
+
+
+def scale_free_name(stem: str) -> tuple[str, str] | None:
+    """('yolov5_CGA', 'n') for 'yolov5n_CGA'; ('yolov5-P6_CGA', 'n') for 'yolov5n6_CGA'; None without a letter."""
+    m = SCALE_RE.match(stem)
+    if not m:
+        return None
+    family = "yolov5-P6" if m.group(3) else m.group(1)
+    return family + m.group(4), m.group(2)
 
 
 def resolve_cfg(cfg: str | Path) -> tuple[Path, str | None]:
@@ -32,15 +51,15 @@ def resolve_cfg(cfg: str | Path) -> tuple[Path, str | None]:
     found = _find(path)
     if found:
         return found, None
-    m = SCALE_RE.match(path.stem)
-    if m:
-        base = path.with_name(f"{m.group(1)}{m.group(3)}{m.group(4)}{path.suffix}")
+    scaled = scale_free_name(path.stem)
+    if scaled:
+        base = path.with_name(scaled[0] + path.suffix)
         found = _find(base)
         if found:
-            return found, m.group(2)
-    looked = ", ".join(str(p) for p in (path, MODELS_DIR / path.name))
+            return found, scaled[1]
+    looked = ", ".join(str(p) for p in (path, MODELS_DIR / path.name, MODELS_DIR / "hub" / path.name))
     raise FileNotFoundError(f"model yaml {cfg!r} not found (looked at {looked}"
-                            + (f" and the scale-free {base.name}" if m else "") + ")")
+                            + (f" and the scale-free {base.name}" if scaled else "") + ")")
 
 
 def apply_scale(d: dict, scale: str | None, source: str) -> dict:

@@ -101,6 +101,7 @@ class BlockSpec:
     cls: type
     build: Callable[[LayerContext], Built]
     attention: bool = False  # keeps its own init: YOLOv5's BN eps/momentum re-init is skipped inside it
+    yolo_init: bool = False  # an official YOLOv5 block (C3TR): the re-init applies even when attention=True
     min_size: int = 1  # smallest feature-map side the block runs on
     min_opset: int | None = None  # smallest ONNX opset its export needs; None: any the exporter takes
     flops: Callable | None = None  # analytic FLOPs(module, input_shape) -> int, checked by tests

@@ -79,8 +79,10 @@ class Detect(nn.Module):
     def _make_grid(self, nx: int, ny: int, i: int, like: torch.Tensor):
         d, t = like.device, like.dtype
         yv, xv = torch.meshgrid(torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t), indexing="ij")
-        grid = torch.stack((xv, yv), 2).expand(1, self.na, ny, nx, 2)
-        anchor_grid = (self.anchors[i] * self.stride[i]).to(d, t).view(1, self.na, 1, 1, 2).expand(1, self.na, ny, nx, 2)
+        # broadcast shapes (1, 1, ny, nx, 2) and (1, na, 1, 1, 2), not expanded copies: the same values, and
+        # OpenVINO's CPU plugin mis-broadcasts an expanded grid against a dynamic batch
+        grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
+        anchor_grid = (self.anchors[i] * self.stride[i]).to(d, t).view(1, self.na, 1, 1, 2)
         return grid, anchor_grid
 
 
@@ -201,40 +203,58 @@ class Model(nn.Module):
             self.stride = torch.tensor([32.0])
             return
         m.inplace = self.inplace
-        s, outs = self.probe_forward()
-        m.stride = torch.tensor([s / x.shape[-2] for x in outs])
+        s, maps = self.probe_forward()
+        m.stride = torch.tensor([s / x.shape[-2] for x in maps])
         m.anchors /= m.stride.view(-1, 1, 1)
         check_anchor_order(m)
         self.stride = m.stride
         self._initialize_biases()
 
-    def probe_forward(self):
-        """(size, outputs) of one zero image through every layer in training mode (Detect returns raw maps);
-        BN statistics are left as they were, and a layer or gate that fails is named."""
-        s = self._probe_size()
-        p = next(self.parameters())
-        buffers = {k: v.clone() for k, v in self.named_buffers()}  # the probe must not move BN statistics
-        with torch.no_grad():
-            was_training = self.training
-            self.train()
-            outs = self._forward_once(torch.zeros(1, self.yaml["ch"], s, s, device=p.device, dtype=p.dtype), probe=True)
+    def probe_forward(self) -> tuple[int, list[torch.Tensor]]:
+        """(probe size, the maps Detect gets) from zeros forwards in eval mode (BatchNorm takes a 1x1 map there);
+        also run after identity gates are set, so a layer or gate that cannot run is named at build time.
+
+        v6.1 probes at 256 px; strides do not depend on the size, and 64 px (P5 = 2x2) is 16x cheaper. A 1-pixel
+        deepest map may be clipped (an input smaller than that level's stride still gives 1 pixel), so the size
+        doubles until the deepest map is at least 2x2: then each map is exactly size / stride (P6 at 128, P7 at 256).
+        A layer failing on a 1-pixel input (a clipped map meeting an unclipped one) also doubles it; any other
+        failure is a wrong yaml and is raised at once, naming the layer.
+        """
+        s, ch = self._probe_size(), self.yaml["ch"]
+        p = next(self.parameters(), None)
+        like = dict(device=p.device, dtype=p.dtype) if p is not None else {}
+        buffers = {k: v.clone() for k, v in self.named_buffers()}  # the probe must not move any statistics
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                while True:
+                    try:
+                        maps = self._forward_once(torch.zeros(1, ch, s, s, **like), probe=True)
+                    except ModelConfigError as e:  # a clipped 1-pixel map meeting a larger one (P7 at 64 px)
+                        if getattr(e, "min_side", 0) > 1 or s >= MAX_PROBE:
+                            raise
+                        s *= 2
+                        continue
+                    maps = maps if isinstance(maps, list) else [maps]
+                    if min(x.shape[-2] for x in maps) >= 2 or s >= MAX_PROBE:
+                        break
+                    s *= 2
+        finally:
             self.train(was_training)
-        self.load_state_dict(buffers, strict=False)
-        return s, outs
+            self.load_state_dict(buffers, strict=False)
+        return s, maps
 
     def _probe_size(self) -> int:
-        """Smallest square input whose deepest map still meets every block's declared min_size.
-
-        v6.1 probes at 256 px; strides do not depend on the size, and 64 px (P5 = 2x2) is 16x cheaper.
-        """
+        """Smallest square input whose P5 map still meets every block's declared min_size."""
         need = max((REGISTRY[m.type].min_size for m in self.model if m.type in REGISTRY), default=1)
         return max(64, 32 * need)
 
     def _init_weights(self) -> None:
         for layer in self.model:
             spec = REGISTRY.get(getattr(layer, "type", ""))
-            if spec is not None and spec.attention:
-                continue  # attention blocks keep their official BN settings
+            if spec is not None and spec.attention and not spec.yolo_init:
+                continue  # attention blocks keep their official BN settings (YOLOv5's own C3TR takes v6.1's)
             initialize_weights(layer.modules())
 
     def _initialize_biases(self, cf=None) -> None:
@@ -253,10 +273,13 @@ class Model(nn.Module):
         return self._forward_once(x)
 
     def _forward_once(self, x, probe=False):
+        """probe=True: layers named on failure, and the head's inputs are returned (the stride probe needs only them)."""
         y = []
         for m in self.model:
             if m.f != -1:
                 x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if probe and m is self.model[-1]:
+                return x
             out = _run_layer_named(m, x) if probe else m(x)
             if self.gates is not None and str(m.i) in self.gates:  # identity insertion: x + g * (block(x) - x)
                 out = _run_gate_named(m, self.gates[str(m.i)], x, out) if probe else apply_gate(self.gates[str(m.i)], x, out)
@@ -342,13 +365,18 @@ def check_input_channels(model: nn.Module, channels: int, images: str = "the ima
                                f"set ch: {channels} in the yaml or leave ch out")
 
 
+MAX_PROBE = 4096  # the largest stride probe (a P12 model); the first probe is 64 px
+
+
 def _run_layer_named(m: nn.Module, x):
     """Run one layer of the probe pass; a failure names the layer, its row and the input shapes."""
     try:
         return m(x)
     except Exception as e:
         shapes = [tuple(t.shape) for t in x] if isinstance(x, list) else tuple(x.shape)
-        raise ModelConfigError(f"layer {m.i} ({m.type}, from {m.f}) failed on input {shapes}: {e}") from e
+        err = ModelConfigError(f"layer {m.i} ({m.type}, from {m.f}) failed on input {shapes}: {e}")
+        err.min_side = min((min(s[2:]) for s in (shapes if isinstance(x, list) else [shapes]) if len(s) == 4), default=0)
+        raise err from e
 
 
 def _run_gate_named(m: nn.Module, gate: torch.Tensor, x, out):

@@ -21,6 +21,7 @@ SIZES = [(1, 1), (3, 3), (7, 5), (20, 20), (13, 17)]
 # P3/P4/P5 widths of YOLOv5 n..x (64..1280) and the narrow ones a custom width may give
 YOLO_WIDTHS = (16, 24, 32, 64, 128, 192, 256, 320, 384, 512, 640, 768, 1024, 1280)
 YAMLS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "models").glob("yolov5_*.yaml"))
+P6_YAMLS = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "models").glob("yolov5-P6_*.yaml"))
 LOW_PRECISION = (torch.float16, torch.bfloat16)  # CPU fp16 conv/bmm/softmax all run in this torch
 
 
@@ -168,21 +169,41 @@ def test_every_yaml_trains_at_real_input_sizes(yaml_name):
             f"{cfg} at {h}x{w}: missing or non-finite gradients"
 
 
+@pytest.mark.parametrize("yaml_name", P6_YAMLS)
+def test_every_p6_yaml_builds_and_trains_a_step_at_scale_n(yaml_name):
+    """P6 placements (yolov5n6_<block>.yaml): four output levels, input a multiple of 64 with P6 at least 2x2."""
+    from models.yolo import Model
+    cfg = yaml_name.replace("yolov5-P6_", "yolov5n6_")
+    model = Model(cfg).train()
+    assert model.stride.tolist() == [8, 16, 32, 64]
+    h, w = 128, 192
+    outs = model(torch.randn(1, 3, h, w))
+    assert [tuple(o.shape[2:4]) for o in outs] == [(h // s, w // s) for s in (8, 16, 32, 64)]
+    sum((o * o).mean() for o in outs).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters()), cfg
+
+
 def _rows(name):
     import yaml
     d = yaml.safe_load((Path(__file__).resolve().parents[1] / "models" / name).read_text())
     return d["backbone"] + d["head"]
 
 
-@pytest.mark.parametrize("yaml_name,inserted,detect", [
-    ("yolov5_TripletAttention.yaml", [3], [18, 21, 24]),
-    ("yolov5_ACmix.yaml", [18, 22, 26], [18, 22, 26]),
-    ("yolov5_ACmix-P5.yaml", [24], [17, 20, 24]),
+@pytest.mark.parametrize("yaml_name,inserted,detect,base_name", [
+    ("yolov5_TripletAttention.yaml", [3], [18, 21, 24], "yolov5s.yaml"),
+    ("yolov5_ACmix.yaml", [18, 22, 26], [18, 22, 26], "yolov5s.yaml"),
+    ("yolov5_ACmix-P5.yaml", [24], [17, 20, 24], "yolov5s.yaml"),
+    ("yolov5_CGA.yaml", [10], [18, 21, 24], "yolov5s.yaml"),
+    ("yolov5_DAT.yaml", [10], [18, 21, 24], "yolov5s.yaml"),
+    ("yolov5-P6_TripletAttention.yaml", [3], [24, 27, 30, 33], "yolov5-P6.yaml"),
+    ("yolov5-P6_ACmix.yaml", [24, 28, 32, 36], [24, 28, 32, 36], "yolov5-P6.yaml"),
+    ("yolov5-P6_CGA.yaml", [12], [24, 27, 30, 33], "yolov5-P6.yaml"),
+    ("yolov5-P6_DAT.yaml", [12], [24, 27, 30, 33], "yolov5-P6.yaml"),
 ])
-def test_insertion_yamls_are_yolov5s_with_indices_shifted(yaml_name, inserted, detect):
-    """Same rows as yolov5s.yaml plus the inserted blocks; every `from` points at the same layer as before
+def test_insertion_yamls_are_the_base_with_indices_shifted(yaml_name, inserted, detect, base_name):
+    """Same rows as the base yaml plus the inserted blocks; every `from` points at the same layer as before
     (or at the block inserted right after it), so Concat and Detect indices are shifted correctly."""
-    base, rows = _rows("yolov5s.yaml"), _rows(yaml_name)
+    base, rows = _rows(base_name), _rows(yaml_name)
     assert [i for i, r in enumerate(rows) if r[2] in ATTENTION] == inserted
     assert all(rows[i][:2] == [-1, 1] for i in inserted)
     kept = [i for i in range(len(rows)) if i not in inserted]

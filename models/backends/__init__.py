@@ -1,7 +1,8 @@
 """load_backend: the one place val.py and detect.py turn a weights path into something that predicts.
 
 Dispatch is on the suffix: .pt (ours or official checkpoints, via attempt_load; a list is an ensemble),
-.onnx (onnxruntime; stride and names from metadata_props) and .torchscript (torch.jit; extra/config.txt).
+.onnx (onnxruntime; stride and names from metadata_props), .torchscript (torch.jit; extra/config.txt) and an
+OpenVINO IR folder `<name>_openvino_model/` or its .xml (metadata.yaml).
 Every backend has the same small surface:
     names, nc, stride, fp16, device, pt (True only for PyTorch)
     dynamic       True when any batch size and any stride-multiple (h, w) is accepted (rect batches are fine)
@@ -19,18 +20,21 @@ import torch
 
 from models.backends.base import Backend, ExportedBackend, names_list  # noqa: F401
 from models.backends.onnx_runtime import OnnxBackend
+from models.backends.openvino_ir import OpenVinoBackend
 from models.backends.pytorch import TorchBackend
 from models.backends.torchscript import TorchScriptBackend, read_torchscript_config  # noqa: F401
 from models.load import attempt_load
 from utils.cli import InputError
+from utils.export_openvino import is_openvino_path
 from utils.log import LOGGER
 
-SUFFIXES = (".pt", ".onnx", ".torchscript")
+SUFFIXES = (".pt", ".onnx", ".torchscript", "_openvino_model/ (or its .xml)")
 
 
 def load_backend(weights, device: torch.device = torch.device("cpu"), half: bool = False, fuse: bool = True,
                  channels_last=None, dnn: bool = False):
-    """Weights path (.pt, .onnx, .torchscript; or a list of .pt paths for an ensemble) -> a backend on `device`.
+    """Weights path (.pt, .onnx, .torchscript, an OpenVINO folder; or a list of .pt paths for an ensemble) -> a
+    backend on `device`.
 
     half: fp16 for .pt; an exported file runs in the precision it was exported with.
     channels_last (.pt; default: on CPU) runs the convolutions in NHWC memory order, faster with oneDNN.
@@ -46,6 +50,8 @@ def load_backend(weights, device: torch.device = torch.device("cpu"), half: bool
     if len(paths) > 1:
         raise InputError(f"an ensemble needs .pt weights, got {', '.join(map(str, paths))}")
     path, suffix = paths[0], paths[0].suffix.lower()
+    if is_openvino_path(path):
+        return OpenVinoBackend(path, device)
     if suffix not in SUFFIXES:
         raise InputError(f"{path}: weights format '{suffix}' is not supported (use one of {', '.join(SUFFIXES)})")
     if not path.is_file():

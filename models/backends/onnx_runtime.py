@@ -18,7 +18,9 @@ class OnnxBackend(ExportedBackend):
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-        self.session = ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # as many threads as PyTorch uses (default: all cores)
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
         inp = self.session.get_inputs()[0]
         shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
         meta = {k: parse_meta_value(v) for k, v in self.session.get_modelmeta().custom_metadata_map.items()}
