@@ -254,7 +254,7 @@ def export_openvino(model: nn.Module, im: torch.Tensor, folder, dynamic: bool = 
     folder, prefix = Path(folder), colorstr("OpenVINO:")
     ov = ov_ir.require_openvino()
     if int8 and not data:
-        raise ValueError("--int8 needs --data (a dataset yaml whose train images calibrate the quantization)")
+        raise InputError("--int8 needs --data (a dataset yaml whose train images calibrate the quantization)")
     LOGGER.info(f"\n{prefix} starting export with openvino {ov.__version__} (dynamic={dynamic}, "
                 f"{'int8' if int8 else 'fp16' if half else 'fp32'})...")
     if next(model.parameters()).dtype != torch.float32:  # a --half GPU model: the IR is made from fp32

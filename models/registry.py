@@ -110,9 +110,10 @@ class BlockSpec:
 
     @property
     def family(self) -> str:
-        """The file the block lives in (models/attention/<family>.py); 'yolov5' for the core blocks."""
+        """The file the block lives in (models/attention/<family>.py, models/blocks/<family>.py); 'yolov5' for the
+        core blocks of models/common.py."""
         module = self.cls.__module__
-        if module.startswith("models.attention."):
+        if module.startswith(("models.attention.", "models.blocks.")):
             return module.rsplit(".", 1)[-1]
         return "torch" if module.startswith("torch.") else "yolov5"
 

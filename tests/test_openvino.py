@@ -5,7 +5,6 @@ when openvino (requirements-openvino.txt) is not installed; the INT8 tests also 
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import export  # noqa: E402
 from models.backends import OpenVinoBackend, load_backend  # noqa: E402
 from models.load import attempt_load  # noqa: E402
 from models.yolo import Model  # noqa: E402
-from utils.export_checks import ExportError, label_onnx_node  # noqa: E402
+from utils.export_checks import label_onnx_node  # noqa: E402
 from utils.export_openvino import METADATA, explain_failure  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -122,15 +121,16 @@ def test_half_ir_stores_fp16_weights_and_stays_close(small_model, tmp_path):
     assert float((got[..., 4:] - want[..., 4:]).abs().max()) < 1e-2  # fp16 weights: ~1e-3 on the scores
 
 
-def test_cli_half_on_cpu_is_fine_for_openvino_alone_and_int8_needs_data(tmp_path, caplog):
+def test_cli_half_on_cpu_is_fine_for_openvino_alone_and_int8_needs_data(tmp_path, capsys):
     files = export.run(cfg="yolov5n.yaml", imgsz=[64, 64], include=["openvino"], half=True, out_dir=tmp_path)
     assert yaml.safe_load((files[0] / METADATA).read_text())["fp16"] is True
     with pytest.raises(ValueError, match="--half is only compatible with GPU export"):
         export.run(cfg="yolov5n.yaml", imgsz=[64, 64], include=["onnx", "openvino"], half=True, out_dir=tmp_path)
-    with caplog.at_level(logging.ERROR, logger="yolov5"), pytest.raises(SystemExit) as e:
+    with pytest.raises(SystemExit) as e:
         export.main(["--cfg", "yolov5n.yaml", "--include", "openvino", "--int8", "--imgsz", "64",
                      "--out-dir", str(tmp_path)])
-    assert e.value.code == 1 and "--int8 needs --data" in caplog.text
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("ERROR: --int8 needs --data")
 
 
 def test_missing_or_incomplete_folder_is_a_clear_error(tmp_path):

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
+from utils.cli import InputError
 from utils.export_checks import ExportError
 from utils.log import LOGGER
 
@@ -150,5 +151,5 @@ def find_ir(path: Path) -> tuple[Path, dict]:
         raise FileNotFoundError(f"OpenVINO IR not found: {xml} and its .bin (export with --include openvino)")
     meta_file = xml.parent / METADATA
     if not meta_file.is_file():
-        raise ValueError(f"{xml.parent}: no {METADATA} (stride, names); re-export it with this repo's export.py")
+        raise InputError(f"{xml.parent}: no {METADATA} (stride, names); re-export it with this repo's export.py")
     return xml, yaml.safe_load(meta_file.read_text()) or {}

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from models.backends.base import ExportedBackend
+from utils.cli import InputError
 from utils.export_openvino import compile_ir, find_ir
 
 
@@ -19,7 +20,7 @@ class OpenVinoBackend(ExportedBackend):
         path = Path(path)
         xml, meta = find_ir(path)
         if device.type != "cpu":
-            raise ValueError(f"{path}: OpenVINO runs here on the CPU only; use --device cpu")
+            raise InputError(f"{path}: OpenVINO runs here on the CPU only; use --device cpu")
         self.compiled = compile_ir(xml, threads=torch.get_num_threads())  # as many threads as PyTorch uses
         self.request = self.compiled.create_infer_request()
         shape = tuple(None if d.is_dynamic else d.get_length() for d in self.compiled.inputs[0].get_partial_shape())

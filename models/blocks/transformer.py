@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from models.common import C3, Conv
-from models.registry import Built, LayerContext, out_channels, register
+from models.registry import Built, LayerContext, Reference, out_channels, register
 
 __all__ = ["TransformerLayer", "TransformerBlock", "C3TR"]
 
@@ -88,8 +88,11 @@ def c3tr_flops(m: "C3TR", shape) -> int:
     return convs + 2 * b * L * c * c + layers
 
 
-@register(build=_build, attention=True, yolo_init=True, flops=c3tr_flops, min_size=1,
-          doc="C3TR(c1, c2, n=1, shortcut=True, g=1, e=0.5): C3 with TransformerBlock(c_, c_, 4 heads, n layers)")
+@register(build=_build, attention=True, yolo_init=True, flops=c3tr_flops,
+          reference=Reference("Ultralytics YOLOv5 v6.1: C3 with a TransformerBlock(c_, c_, 4 heads, n layers) "
+                              "(ViT-style encoder layers, Dosovitskiy et al., ICLR 2021)",
+                              "ultralytics/yolov5 v6.1 models/common.py (C3TR, TransformerBlock, TransformerLayer)",
+                              "nothing: official keys and numerics (tests/data/c3tr_v61_reference.pt)"))
 class C3TR(C3):
     def __init__(self, c1, c2, n=1, shortcut=True, g=1, e=0.5):
         super().__init__(c1, c2, n, shortcut, g, e)  # v6.1's draw order: the Bottlenecks are built, then replaced
