@@ -15,7 +15,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import models.attention._chunked_attention as chunked
 from models.attention._chunked_attention import relative_bias_attention
 from models.attention.efficientvit import CascadedGroupAttention, LocalWindowAttention, bias_index
-from tests.test_efficientvit import randomize
+from models.registry import REGISTRY, op_flop_rules
+from tests.test_efficientvit import build, randomize
+from utils.flops import count_flops
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +79,7 @@ def both_formulations(m: torch.nn.Module, x: torch.Tensor):
         m.zero_grad(set_to_none=True)
         xg = x.clone().requires_grad_(True)
         y = m(xg)
-        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5)))
         runs.append((y.detach(), xg.grad, {n: p.grad for n, p in m.named_parameters()}))
     return runs
 
@@ -154,3 +156,19 @@ def test_no_tensor_of_the_whole_attention_matrix(small_blocks):
         sizes[explicit_attention] = mode.largest
     assert sizes[True] >= 256 * 256
     assert sizes[False] <= 64 * 256
+
+
+@pytest.mark.parametrize("c", [64, 128])  # 64: head width = key_dim, CPU SDPA's flash kernel; 128: by hand
+def test_flop_count_of_the_blocked_path_equals_the_formula(small_blocks, c):
+    m = build("CascadedGroupAttention", c)
+    shape = (2, c, 9, 7)
+    assert REGISTRY["CascadedGroupAttention"].flops(m, shape) == count_flops(m, torch.randn(shape), op_flop_rules(m))
+
+
+def test_one_block_attention_takes_the_explicit_path(monkeypatch):
+    """Where the whole attention is one block (LocalWindowAttention's windows) the kernel is not called."""
+    monkeypatch.setattr(chunked, "relative_bias_attention", None)  # would fail if the blocked path ran
+    import models.attention.efficientvit as efficientvit
+    monkeypatch.setattr(efficientvit, "relative_bias_attention", None)
+    m = LocalWindowAttention(64, 16, 4, 1, 14, 7).train()
+    m(torch.randn(2, 64, 20, 20)).sum().backward()

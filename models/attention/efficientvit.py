@@ -40,8 +40,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.attention._chunked_attention import relative_bias_attention
+from models.attention._chunked_attention import fits_one_block, relative_bias_attention
 from models.attention._op_flops import SDPA_CPU
+from models.attention._sdpa import tracing
 from models.registry import Reference, bind_arguments, register, same_channels
 
 __all__ = ["Conv2d_BN", "CascadedGroupAttention", "LocalWindowAttention"]
@@ -97,9 +98,10 @@ class CascadedGroupAttention(nn.Module):
     """Cascaded group attention over the whole (B, dim, H, W) map; any H, W >= 1.
 
     Eager forward attends a block of query rows at a time with a recomputing backward, O(block x HW)
-    memory (models/attention/_chunked_attention.py). `explicit_attention = True` on an instance (and
-    always while tracing for export) builds the whole (heads, HW, HW) bias and attention instead, as
-    the official module; benchmarks/attention_sdpa.py compares the two.
+    memory (models/attention/_chunked_attention.py), where the attention is larger than one block.
+    `explicit_attention = True` on an instance (and always while tracing for export, and where the whole
+    attention is one block, e.g. LocalWindowAttention's 7x7 windows) builds the whole (heads, HW, HW)
+    bias and attention instead, as the official module; benchmarks/attention_sdpa.py compares the two.
     """
 
     explicit_attention = False
@@ -131,7 +133,7 @@ class CascadedGroupAttention(nn.Module):
         arange arithmetic on them (equal to the buffer at H = W = resolution), never chosen by a
         Python comparison that the graph would freeze.
         """
-        if not _tracing() and h == w == self.resolution:
+        if not tracing() and h == w == self.resolution:
             idx = self.attention_bias_idxs
         else:
             idx = bias_index(h, w, self.resolution, self.attention_biases.device)
@@ -142,7 +144,7 @@ class CascadedGroupAttention(nn.Module):
         b, c, h, w = x.shape
         if c != self.dim:
             raise ValueError(f"CascadedGroupAttention(dim={self.dim}) got an input with {c} channels")
-        explicit = _tracing() or self.explicit_attention
+        explicit = tracing() or self.explicit_attention or fits_one_block(b, h * w)
         bias = self.relative_bias(h, w) if explicit else None
         key_pad = None if valid is None else ~valid.reshape(b, 1, h * w)
         chunks = x.chunk(self.num_heads, dim=1)
@@ -178,11 +180,6 @@ class CascadedGroupAttention(nn.Module):
             key_bias = torch.zeros(key_pad.shape, dtype=q.dtype, device=q.device).masked_fill(key_pad, float("-inf"))
         return relative_bias_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                        self.attention_biases[i], hw, self.resolution, self.scale, key_bias)
-
-
-def _tracing() -> bool:
-    """True while torch.jit.trace or the TorchScript-based ONNX exporter records the forward."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def to_windows(x: torch.Tensor, win: int) -> torch.Tensor:
@@ -224,7 +221,7 @@ class LocalWindowAttention(nn.Module):
         return -(-h // win) * win, -(-w // win) * win
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _tracing():
+        if tracing():
             return self._forward_traced(x)
         b, _, h, w = x.shape
         win = self.window_resolution
@@ -328,7 +325,9 @@ _ANY_SIZE = "any resolution (bias offsets beyond the table clamped); no stale `a
 
 # Registration after the classes exist (the adapt rule reads their signatures).
 register(build=same_channels(channel_params=1, adapt=_cga_adapt(CascadedGroupAttention)), attention=True,
-         flops=_cga_flops, op_flops=SDPA_CPU, reference=Reference(_PAPER, _CODE, _ANY_SIZE))(CascadedGroupAttention)
+         flops=_cga_flops, op_flops=SDPA_CPU,  # SDPA's CPU flash kernel, which torch's counter does not count
+         reference=Reference(_PAPER, _CODE, _ANY_SIZE))(CascadedGroupAttention)
 register(build=same_channels(channel_params=1, adapt=_cga_adapt(LocalWindowAttention)), attention=True,
-         flops=_lwa_flops, op_flops=SDPA_CPU, reference=Reference(_PAPER, _CODE, f"{_ANY_SIZE}; no size assert; opt-in pad_mask=True"),
+         flops=_lwa_flops, op_flops=SDPA_CPU,
+         reference=Reference(_PAPER, _CODE, f"{_ANY_SIZE}; no size assert; opt-in pad_mask=True"),
          )(LocalWindowAttention)
