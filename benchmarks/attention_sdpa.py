@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/attention_sdpa.py [--repeats 5] [--sizes 128@80x80 256@40x40 512@20x20]
-                                        [--blocks NAME ...] [--batch 1] [--no-memory]
+                                        [--blocks NAME ...] [--batch 1] [--threads N] [--no-memory]
 
 Blocks whose attention has two formulations carry a class attribute `explicit_attention` (False: the
 SDPA / chunked path, the default; True: the whole attention matrix by explicit ops, as the official
@@ -11,7 +11,9 @@ leaves the default. The block is built as a yaml row builds it (benchmarks/atten
 sizes of yolov5s at 640 by default.
 
 Columns: fwd / fwd+bwd ms are medians over --repeats, old and new timed alternately in the same loop
-(so a shared machine's load hits both alike), same thread count; ratio = old / new. Peak MB: peak RSS
+(so a shared machine's load hits both alike), same thread count (--threads, default torch's; the load
+average is printed before and after: on cores shared with other work, two OpenMP threads stall at every
+parallel region, which costs the many short ops of the blocked paths more); ratio = old / new. Peak MB: peak RSS
 growth of a fresh subprocess over one train-mode forward+backward (benchmarks/attention.py's method).
 "max rel diff": max |new - old| / max |old| of the eval output (fp32, parameters moved off their init).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -102,7 +105,8 @@ def output_difference(module: nn.Module, x: torch.Tensor) -> float:
 
 
 def peak_mb(name: str, size: str, impl: str, batch: int) -> float | None:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-case", name, size, impl, "--batch", str(batch)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-case", name, size, impl, "--batch", str(batch),
+           "--threads", str(torch.get_num_threads())]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if res.returncode:
         return None
@@ -140,6 +144,7 @@ def parse_args(argv=None):
     p.add_argument("--sizes", nargs="+", default=SIZES, help="cases as C@HxW")
     p.add_argument("--blocks", nargs="+", default=BLOCKS, help="registered block names with both formulations")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-case peak-memory subprocesses")
     p.add_argument("--memory-case", nargs=3, metavar=("BLOCK", "SIZE", "IMPL"), help=argparse.SUPPRESS)
     opt = p.parse_args(argv)
@@ -150,17 +155,20 @@ def parse_args(argv=None):
 
 def main(argv=None):
     opt = parse_args(argv)
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
     if opt.memory_case:
         name, size, impl = opt.memory_case
         module, x = make_case(name, size, opt.batch)
         print(json.dumps({"peak_mb": peak_memory_here(set_formulation(module, impl), x)}))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {opt.batch}, "
-          f"{opt.repeats} repeats alternating old/new", flush=True)
+          f"{opt.repeats} repeats alternating old/new, load average {os.getloadavg()[0]:.1f}", flush=True)
     print(HEADER, flush=True)
     for name in opt.blocks:
         for size in opt.sizes:
             print(row(name, size, opt), flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

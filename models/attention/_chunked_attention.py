@@ -110,8 +110,8 @@ def _forward(q, k, v, table, key_bias, index: OffsetIndex, scale):
     step, w = index.block_rows(q.shape[0]), index.w
     for y0 in range(0, index.h, step):
         y1 = min(index.h, y0 + step)
-        out[:, y0 * w:y1 * w] = _attend_block(q[:, y0 * w:y1 * w], k, kt, v, _block_bias(index, cols, key_bias, y0, y1),
-                                              scale)
+        rows = slice(y0 * w, y1 * w)
+        out[:, rows] = _attend_block(q[:, rows], k, kt, v, _block_bias(index, cols, key_bias, y0, y1), scale)
     return out
 
 

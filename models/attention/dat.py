@@ -25,6 +25,10 @@ spec attention.md section 6), each covered by tests/test_dat.py:
   official avg_pool2d + assert); its unused conv_offset is frozen as in the official code.
 * fixed_pe ties the block to q_size; other sizes raise a clear error. The default rpe table is
   sampled with normalised coordinates and works at any size.
+* Attention by scaled_dot_product_attention a block of queries at a time, so only a block of the
+  (B*heads, HW, Ns) position bias exists (checkpointed blocks in training); same numbers to float
+  rounding (tests/test_dat.py). Export, `explicit_attention = True` and training with attn_drop > 0
+  keep the explicit ops (benchmarks/attention_sdpa.py compares the two).
 """
 from __future__ import annotations
 
