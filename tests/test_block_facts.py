@@ -71,10 +71,13 @@ def test_op_flop_rule_is_read_from_the_registration(toy_model):
 
 
 def test_real_blocks_declare_their_op_rules():
-    assert set(REGISTRY["DAttentionBaseline"].op_flops) == {torch.ops.aten.grid_sampler_2d}
+    sdpa_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # SDPA's CPU kernel, uncounted by torch
+    assert set(REGISTRY["DAttentionBaseline"].op_flops) == {torch.ops.aten.grid_sampler_2d, sdpa_cpu}
     assert set(REGISTRY["DLKA"].op_flops) == {torch.ops.torchvision.deform_conv2d}
+    for name in ("CascadedGroupAttention", "LocalWindowAttention", "MSDA", "Sea_Attention"):
+        assert set(REGISTRY[name].op_flops) == {sdpa_cpu}, name
     nested = nn.Sequential(nn.Conv2d(8, 8, 1), DAttentionBaseline(n_heads=2, n_head_channels=4, n_groups=2))
-    assert set(op_flop_rules(nested)) == {torch.ops.aten.grid_sampler_2d}  # found by class, also when nested
+    assert set(op_flop_rules(nested)) == {torch.ops.aten.grid_sampler_2d, sdpa_cpu}  # found by class, also nested
 
 
 def test_opset_needs_come_from_registrations_and_name_the_layer():

@@ -189,3 +189,47 @@ def test_model_dat_yaml_trains():
     out = model(torch.randn(2, 3, 96, 64))
     sum(o.mean() for o in out).backward()
     assert all(p.grad is not None for p in model.model[10].parameters())
+
+
+VARIANTS = [{}, {"dwc_pe": True}, {"log_cpb": True}, {"fixed_pe": True, "q_size": (12, 10)}, {"no_off": True},
+            {"stride": 1, "ksize": 5}, {"use_pe": False}]
+
+
+def both_formulations(m, x):
+    """(output, input grad, {param: grad}) for the explicit and the SDPA formulation, same weights."""
+    runs = []
+    for explicit in (True, False):
+        m.explicit_attention = explicit
+        m.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_(True)
+        y = m(xg)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5)))
+        runs.append((y.detach(), xg.grad, {n: p.grad for n, p in m.named_parameters() if p.requires_grad}))
+    return runs
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("changes", VARIANTS)
+def test_sdpa_blocks_equal_explicit_attention(monkeypatch, changes, train):
+    """In blocks of 7 queries (several per map; checkpointed in training): output, input and every parameter
+    gradient as the explicit whole-matrix formulation, to 1e-5."""
+    import models.attention.dat as dat
+    monkeypatch.setattr(dat, "QUERY_BLOCK_ELEMENTS", 2 * 4 * 7 * 30)  # batch x heads x 7 queries x 30 keys
+    m = randomize(DAttentionBaseline(**{**SPEC, **changes})).train(train)
+    (y0, dx0, g0), (y1, dx1, g1) = both_formulations(m, torch.randn(2, 64, 12, 10))
+    assert_close(y1, y0)
+    assert_close(dx1, dx0)
+    largest = max(g.abs().max() for g in g0.values())
+    for name, want in g0.items():
+        if name == "proj_k.bias":  # adds q.b to every key of a query: softmax-invariant, zero up to rounding
+            assert g1[name].abs().max() < 1e-6 * largest and want.abs().max() < 1e-6 * largest
+        else:
+            assert_close(g1[name], want)
+
+
+def test_sdpa_with_dropout_in_training_keeps_the_explicit_path():
+    m = tuple_block(attn_drop=0.5).train()
+    calls = []
+    m._sdpa_attention = lambda *a: calls.append(a)  # would break the forward if it were taken
+    m(torch.randn(1, 64, 8, 8))
+    assert not calls

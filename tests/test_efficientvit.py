@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.attention.efficientvit import CascadedGroupAttention, Conv2d_BN, LocalWindowAttention, bias_index
-from models.registry import REGISTRY, LayerContext, ModelConfigError
+from models.registry import REGISTRY, LayerContext, ModelConfigError, op_flop_rules
 from utils.flops import count_flops
 
 SPEC_CGA = (64, 16, 4, 1, 7)  # dim, key_dim, heads, attn_ratio, resolution (spec section 1)
@@ -210,13 +210,14 @@ def test_conv2d_bn_fuse():
     assert_close(m.fuse()(x), m(x))
 
 
+@pytest.mark.parametrize("c", [48, 64])  # 64: head width = key_dim
 @pytest.mark.parametrize("name,hw", [("CascadedGroupAttention", (6, 9)), ("LocalWindowAttention", (6, 9)),
                                      ("LocalWindowAttention", (15, 10)), ("LocalWindowAttention", (14, 21))])
-def test_flops_formula_matches_counter(name, hw):
+def test_flops_formula_matches_counter(name, hw, c):
     spec = REGISTRY[name]
-    m = build(name, 48)
-    shape = (2, 48, *hw)
-    assert spec.flops(m, shape) == count_flops(m, torch.randn(shape))
+    m = build(name, c)
+    shape = (2, c, *hw)
+    assert spec.flops(m, shape) == count_flops(m, torch.randn(shape), op_flop_rules(m))
 
 
 def test_spec_flop_numbers():

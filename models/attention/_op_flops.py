@@ -28,3 +28,17 @@ def deform_conv_flops(input_shape, weight_shape, offset_shape, *args, out_shape=
 
 GRID_SAMPLE = {torch.ops.aten.grid_sampler_2d: grid_sampler_flops}
 DEFORM_CONV = {torch.ops.torchvision.deform_conv2d: deform_conv_flops}  # the op packet, not .default
+
+
+def sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """q k^T and attn v of scaled_dot_product_attention: 2 * batch * L * S * (E + Ev); (..., L, E) layout."""
+    *batch, length, e = query_shape
+    source, ev = key_shape[-2], value_shape[-1]
+    n = 1
+    for b in batch:
+        n *= b
+    return 2 * n * length * source * (e + ev)
+
+
+# the CPU flash kernel SDPA picks (float masks included); torch's counter has formulas for the CUDA ones only
+SDPA_CPU = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: sdpa_flops}

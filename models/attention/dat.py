@@ -25,19 +25,28 @@ spec attention.md section 6), each covered by tests/test_dat.py:
   official avg_pool2d + assert); its unused conv_offset is frozen as in the official code.
 * fixed_pe ties the block to q_size; other sizes raise a clear error. The default rpe table is
   sampled with normalised coordinates and works at any size.
+* Attention by scaled_dot_product_attention a block of queries at a time, so only a block of the
+  (B*heads, HW, Ns) position bias exists (checkpointed blocks in training); same numbers to float
+  rounding (tests/test_dat.py). Export, `explicit_attention = True` and training with attn_drop > 0
+  keep the explicit ops (benchmarks/attention_sdpa.py compares the two).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from models.attention._op_flops import GRID_SAMPLE
+from models.attention._op_flops import GRID_SAMPLE, SDPA_CPU
+from models.attention._sdpa import tracing
 from models.registry import Reference, bind_arguments, register, same_channels
 
 __all__ = ["LayerNormProxy", "DAttentionBaseline"]
 
 REF_ALIGNS = ("official", "centered")
+# Bias values (B x heads x queries x keys) per SDPA call: 16 MB in fp32. Up to twice that runs as one call
+# (no blocks, nothing recomputed: at 40x40 recomputing cost 25% of a training step and saved ~20 MB).
+QUERY_BLOCK_ELEMENTS = 1 << 22
 
 
 class LayerNormProxy(nn.Module):
@@ -89,7 +98,14 @@ def sample(inp: torch.Tensor, grid_yx: torch.Tensor) -> torch.Tensor:
 
 
 class DAttentionBaseline(nn.Module):
-    """Deformable multi-head attention; input and output (B, n_heads*n_head_channels, H, W)."""
+    """Deformable multi-head attention; input and output (B, n_heads*n_head_channels, H, W).
+
+    Attention runs through scaled_dot_product_attention a block of queries at a time (`_sdpa_attention`).
+    `explicit_attention = True` on an instance (and always while tracing for export, and in training with
+    attn_drop > 0, where nn.Dropout keeps the official masking) computes the whole matrix by explicit ops.
+    """
+
+    explicit_attention = False
 
     def __init__(self, q_size=(20, 20), kv_size=(20, 20), n_heads=8, n_head_channels=32, n_groups=4, attn_drop=0.0,
                  proj_drop=0.0, stride=2, offset_range_factor=2, use_pe=True, dwc_pe=False, no_off=False,
@@ -190,25 +206,63 @@ class DAttentionBaseline(nn.Module):
                              f"({self.kv_h}, {self.kv_w}); it cannot run on a {h}x{w} input (keys {hk}x{wk}). "
                              f"Use the default rpe table (fixed_pe=False), which is size-free")
 
-    def _position_bias(self, pos, b, h, w, hk, wk):
-        """(B*heads, HW, Ns) attention bias, or None (dwc_pe adds its term after attention)."""
+    def _position_bias(self, pos, b, h, w, hk, wk, rows: slice = slice(None)):
+        """(B*heads, queries in `rows`, Ns) attention bias, or None (dwc_pe adds its term after attention)."""
         if not self.use_pe or self.no_off or self.dwc_pe:
             return None
-        hw, ns, g = h * w, hk * wk, self.n_groups
+        ns, g = hk * wk, self.n_groups
         if self.fixed_pe:
             self._check_fixed_pe(h, w, hk, wk)
-            return self.rpe_table.unsqueeze(0).expand(b, -1, -1, -1).reshape(b * self.n_heads, hw, ns)
-        q_grid = grid_2d(h, w, pos.dtype, pos.device, "pixel").reshape(1, hw, 1, 2)
+            table = self.rpe_table[:, rows]
+            return table.unsqueeze(0).expand(b, -1, -1, -1).reshape(b * self.n_heads, -1, ns)
+        q_grid = grid_2d(h, w, pos.dtype, pos.device, "pixel").reshape(1, h * w, 1, 2)[:, rows]
         disp = q_grid - pos.reshape(b * g, 1, ns, 2)  # (B*g, HW, Ns, 2)
         if self.log_cpb:
             disp = disp * 4.0
             disp = torch.sign(disp) * torch.log2(disp.abs() + 1.0) / 3.0  # / log2(8)
             bias = self.rpe_table(disp.to(self.rpe_table[0].weight.dtype))  # (B*g, HW, Ns, heads/g)
-            return bias.permute(0, 3, 1, 2).reshape(b * self.n_heads, hw, ns)
+            return bias.permute(0, 3, 1, 2).reshape(b * self.n_heads, -1, ns)
         table = self.rpe_table.reshape(g, self.n_group_heads, *self.rpe_table.shape[1:])
         table = table.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * g, self.n_group_heads, *table.shape[2:])
         bias = sample(table, disp * 0.5)  # (B*g, heads/g, HW, Ns)
-        return bias.reshape(b * self.n_heads, hw, ns)
+        return bias.reshape(b * self.n_heads, -1, ns)
+
+    def _explicit_attention(self, q, k, v, pos, b, h, w, hk, wk):
+        """(B*heads, hc, HW) from q (B*heads, hc, HW), k and v (B*heads, hc, Ns): the whole attention at once."""
+        # matmuls rather than the official einsums: same numbers, and FlopCounterMode sees them at 1x1 too
+        attn = (q.transpose(1, 2) @ k) * self.scale
+        bias = self._position_bias(pos, b, h, w, hk, wk)
+        if bias is not None:
+            attn = attn + bias
+        attn = self.attn_drop(attn.softmax(dim=2, dtype=torch.float32).to(v.dtype))
+        return v @ attn.transpose(1, 2)
+
+    def _sdpa_attention(self, q, k, v, pos, b, h, w, hk, wk):
+        """The same by scaled_dot_product_attention, a block of queries at a time so that only a block of the
+        (B*heads, HW, Ns) bias exists; in training each block is checkpointed (recomputed in backward), so the
+        bias, logits and probabilities of the whole map are never held for autograd either."""
+        heads, hc = self.n_heads, self.n_head_channels
+        hw, ns = h * w, hk * wk
+        qt = q.transpose(2, 3).contiguous()  # (B, heads, HW, hc): SDPA's layout, unit stride last
+        kt, vt = (t.reshape(b, heads, hc, ns).transpose(2, 3).contiguous() for t in (k, v))
+        step = max(1, QUERY_BLOCK_ELEMENTS // (b * heads * ns))
+        step = hw if hw <= 2 * step else step
+        recompute = step < hw and torch.is_grad_enabled()
+        outs = []
+        for start in range(0, hw, step):
+            rows = slice(start, min(hw, start + step))
+            args = (qt[:, :, rows], kt, vt, pos, b, h, w, hk, wk, rows)
+            outs.append(checkpoint(self._attend_rows, *args, use_reentrant=False) if recompute
+                        else self._attend_rows(*args))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+        return out.transpose(2, 3).reshape(b * heads, hc, hw)
+
+    def _attend_rows(self, qt, kt, vt, pos, b, h, w, hk, wk, rows):
+        """(B, heads, queries in rows, hc) by SDPA, with the position bias of those query rows."""
+        bias = self._position_bias(pos, b, h, w, hk, wk, rows)
+        if bias is not None:
+            bias = bias.view(b, self.n_heads, -1, hk * wk).to(qt.dtype)
+        return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=bias, scale=self.scale)
 
     def forward(self, x: torch.Tensor):
         b, c, h, w = x.shape
@@ -221,13 +275,10 @@ class DAttentionBaseline(nn.Module):
         ns, heads, hc = hk * wk, self.n_heads, self.n_head_channels
         k = self.proj_k(sampled).reshape(b * heads, hc, ns)
         v = self.proj_v(sampled).reshape(b * heads, hc, ns)
-        # matmuls rather than the official einsums: same numbers, and FlopCounterMode sees them at 1x1 too
-        attn = (q.reshape(b * heads, hc, h * w).transpose(1, 2) @ k) * self.scale
-        bias = self._position_bias(pos, b, h, w, hk, wk)
-        if bias is not None:
-            attn = attn + bias
-        attn = self.attn_drop(attn.softmax(dim=2, dtype=torch.float32).to(v.dtype))
-        out = v @ attn.transpose(1, 2)
+        if self.explicit_attention or tracing() or (self.training and self.attn_drop.p > 0):
+            out = self._explicit_attention(q.reshape(b * heads, hc, h * w), k, v, pos, b, h, w, hk, wk)
+        else:
+            out = self._sdpa_attention(q.reshape(b, heads, hc, h * w), k, v, pos, b, h, w, hk, wk)
         if self.use_pe and self.dwc_pe and not self.no_off:
             out = out + self.rpe_table(q).reshape(b * heads, hc, h * w)  # depthwise-conv position encoding
         y = self.proj_drop(self.proj_out(out.reshape(b, c, h, w)))
@@ -285,7 +336,7 @@ def _adapt(ctx, args, kwargs):
 
 
 register(build=same_channels(channel_params=0, adapt=_adapt), attention=True, min_opset=16,  # ONNX GridSample
-         flops=dat_flops, op_flops=GRID_SAMPLE,
+         flops=dat_flops, op_flops={**GRID_SAMPLE, **SDPA_CPU},
          reference=Reference("Xia et al., Vision Transformer with Deformable Attention, CVPR 2022 (DAT++ 2023)",
                              "LeapLabTHU/DAT models/dat_blocks.py (HEAD 32173fc)",
                              "returns the map only (return_tuple=True: official tuple); any size incl. <= 2; "

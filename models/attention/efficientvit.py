@@ -22,7 +22,13 @@ Fixes (the shared spec attention.md section 5), each covered by tests/test_effic
 * The cascade constraint (head output width attn_ratio*key_dim must equal dim/num_heads when
   num_heads > 1) is checked in the constructor with a clear error.
 
-Softmax runs in fp32 and is cast back, so .half()/.bfloat16() are stable. ONNX: plain ops, opset >= 11.
+* Memory and speed at detection sizes: eager attends a block of query rows at a time with a backward that
+  recomputes the probabilities (models/attention/_chunked_attention.py; SDPA where it has a fused kernel),
+  so the (heads, HW, HW) bias and attention of the official formulation are never built. Same numbers to
+  float rounding (tests/test_chunked_attention.py: 1e-5); `explicit_attention = True` restores the old path.
+
+Softmax runs in fp32 and is cast back, so .half()/.bfloat16() are stable. ONNX: plain ops, opset >= 11
+(the export traces the explicit formulation).
 Export (torch.jit.trace and the TorchScript-based ONNX exporter): LocalWindowAttention takes one
 branch-free path (always padded to whole windows with a validity mask, sizes as traced tensors) and
 the bias index is built from the traced sizes, so static and dynamic graphs are right at every size;
@@ -34,6 +40,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.attention._chunked_attention import fits_one_block, relative_bias_attention
+from models.attention._op_flops import SDPA_CPU
+from models.attention._sdpa import tracing
 from models.registry import Reference, bind_arguments, register, same_channels
 
 __all__ = ["Conv2d_BN", "CascadedGroupAttention", "LocalWindowAttention"]
@@ -86,7 +95,16 @@ def _head_width(attn_ratio, key_dim) -> int:
 
 
 class CascadedGroupAttention(nn.Module):
-    """Cascaded group attention over the whole (B, dim, H, W) map; any H, W >= 1."""
+    """Cascaded group attention over the whole (B, dim, H, W) map; any H, W >= 1.
+
+    Eager forward attends a block of query rows at a time with a recomputing backward, O(block x HW)
+    memory (models/attention/_chunked_attention.py), where the attention is larger than one block.
+    `explicit_attention = True` on an instance (and always while tracing for export, and where the whole
+    attention is one block, e.g. LocalWindowAttention's 7x7 windows) builds the whole (heads, HW, HW)
+    bias and attention instead, as the official module; benchmarks/attention_sdpa.py compares the two.
+    """
+
+    explicit_attention = False
 
     def __init__(self, dim, key_dim, num_heads=8, attn_ratio=4, resolution=14, kernels=(5, 5, 5, 5)):
         super().__init__()
@@ -115,7 +133,7 @@ class CascadedGroupAttention(nn.Module):
         arange arithmetic on them (equal to the buffer at H = W = resolution), never chosen by a
         Python comparison that the graph would freeze.
         """
-        if not _tracing() and h == w == self.resolution:
+        if not tracing() and h == w == self.resolution:
             idx = self.attention_bias_idxs
         else:
             idx = bias_index(h, w, self.resolution, self.attention_biases.device)
@@ -126,7 +144,8 @@ class CascadedGroupAttention(nn.Module):
         b, c, h, w = x.shape
         if c != self.dim:
             raise ValueError(f"CascadedGroupAttention(dim={self.dim}) got an input with {c} channels")
-        bias = self.relative_bias(h, w)
+        explicit = tracing() or self.explicit_attention or fits_one_block(b, h * w)
+        bias = self.relative_bias(h, w) if explicit else None
         key_pad = None if valid is None else ~valid.reshape(b, 1, h * w)
         chunks = x.chunk(self.num_heads, dim=1)
         feat, outs = chunks[0], []
@@ -136,19 +155,31 @@ class CascadedGroupAttention(nn.Module):
             q, k, v = self.qkvs[i](feat).split([self.key_dim, self.key_dim, self.d], dim=1)
             if valid is not None:
                 q = q * valid.to(q.dtype)  # padding then looks like the conv's own zero padding
-            q = self.dws[i](q).flatten(2)
-            logits = (q.transpose(1, 2) @ k.flatten(2)) * self.scale + bias[i]
-            if key_pad is not None:
-                logits = logits.masked_fill(key_pad, float("-inf"))
-            attn = logits.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
-            feat = (v.flatten(2) @ attn.transpose(1, 2)).view(b, self.d, h, w)
+            q, k, v = self.dws[i](q).flatten(2), k.flatten(2), v.flatten(2)
+            if explicit:
+                feat = self._explicit_head(q, k, v, bias[i], key_pad)
+            else:
+                feat = self._chunked_head(q, k, v, i, (h, w), key_pad).transpose(1, 2).contiguous()
+            feat = feat.view(b, self.d, h, w)
             outs.append(feat)
         return self.proj(torch.cat(outs, dim=1))
 
+    def _explicit_head(self, q, k, v, bias, key_pad):
+        """(B, d, N) from q, k (B, key_dim, N), v (B, d, N): the whole (N, N) attention at once, as the
+        official module. Traced for export (plain ops) and kept as the reference of the chunked path."""
+        logits = (q.transpose(1, 2) @ k) * self.scale + bias
+        if key_pad is not None:
+            logits = logits.masked_fill(key_pad, float("-inf"))
+        attn = logits.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+        return v @ attn.transpose(1, 2)
 
-def _tracing() -> bool:
-    """True while torch.jit.trace or the TorchScript-based ONNX exporter records the forward."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    def _chunked_head(self, q, k, v, i, hw, key_pad):
+        """(B, N, d): the same attention a block of query rows at a time (models/attention/_chunked_attention.py)."""
+        key_bias = None
+        if key_pad is not None:
+            key_bias = torch.zeros(key_pad.shape, dtype=q.dtype, device=q.device).masked_fill(key_pad, float("-inf"))
+        return relative_bias_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       self.attention_biases[i], hw, self.resolution, self.scale, key_bias)
 
 
 def to_windows(x: torch.Tensor, win: int) -> torch.Tensor:
@@ -190,7 +221,7 @@ class LocalWindowAttention(nn.Module):
         return -(-h // win) * win, -(-w // win) * win
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _tracing():
+        if tracing():
             return self._forward_traced(x)
         b, _, h, w = x.shape
         win = self.window_resolution
@@ -294,7 +325,9 @@ _ANY_SIZE = "any resolution (bias offsets beyond the table clamped); no stale `a
 
 # Registration after the classes exist (the adapt rule reads their signatures).
 register(build=same_channels(channel_params=1, adapt=_cga_adapt(CascadedGroupAttention)), attention=True,
-         flops=_cga_flops, reference=Reference(_PAPER, _CODE, _ANY_SIZE))(CascadedGroupAttention)
+         flops=_cga_flops, op_flops=SDPA_CPU,  # SDPA's CPU flash kernel, which torch's counter does not count
+         reference=Reference(_PAPER, _CODE, _ANY_SIZE))(CascadedGroupAttention)
 register(build=same_channels(channel_params=1, adapt=_cga_adapt(LocalWindowAttention)), attention=True,
-         flops=_lwa_flops, reference=Reference(_PAPER, _CODE, f"{_ANY_SIZE}; no size assert; opt-in pad_mask=True"),
+         flops=_lwa_flops, op_flops=SDPA_CPU,
+         reference=Reference(_PAPER, _CODE, f"{_ANY_SIZE}; no size assert; opt-in pad_mask=True"),
          )(LocalWindowAttention)

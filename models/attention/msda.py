@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.attention._op_flops import SDPA_CPU
+from models.attention._sdpa import tracing
 from models.registry import Reference, register, same_channels
 
 __all__ = ["MultiDilatelocalAttention", "MSDA"]
@@ -40,7 +42,14 @@ def neighbourhoods(x: torch.Tensor, kernel_size: int, dilation: int) -> torch.Te
 
 
 class DilateAttention(nn.Module):
-    """k x k sliding-window attention at one dilation; q, k, v: (B, d, H, W) -> (B, H, W, d)."""
+    """k x k sliding-window attention at one dilation; q, k, v: (B, d, H, W) -> (B, H, W, d).
+
+    By scaled_dot_product_attention (each position one query against its k*k neighbours; CPU's flash kernel
+    measured 1.1-1.2x faster than the matmuls at 40x40 and 80x80). `explicit_attention = True` on an instance
+    (and always while tracing for export, and in training with attn_drop > 0) runs the official matmuls.
+    """
+
+    explicit_attention = False
 
     def __init__(self, head_dim, qk_scale=None, attn_drop=0, kernel_size=3, dilation=1):
         super().__init__()
@@ -53,11 +62,17 @@ class DilateAttention(nn.Module):
         heads, kk = d // self.head_dim, self.kernel_size ** 2
         q = q.reshape(b, heads, self.head_dim, 1, h * w).permute(0, 1, 4, 3, 2)  # (B, h, N, 1, hd)
         k = neighbourhoods(k, self.kernel_size, self.dilation).reshape(b, heads, self.head_dim, kk, h * w)
-        attn = torch.matmul(q, k.permute(0, 1, 4, 2, 3)) * self.scale  # (B, h, N, 1, k*k)
-        attn = self.attn_drop(torch.softmax(attn.float(), dim=-1).to(q.dtype))
         v = neighbourhoods(v, self.kernel_size, self.dilation).reshape(b, heads, self.head_dim, kk, h * w)
-        out = torch.matmul(attn, v.permute(0, 1, 4, 3, 2))  # (B, h, N, 1, hd)
-        return out.transpose(1, 2).reshape(b, h, w, d)
+        k, v = k.permute(0, 1, 4, 3, 2), v.permute(0, 1, 4, 3, 2)  # (B, h, N, k*k, hd)
+        if self.explicit_attention or tracing() or (self.training and self.attn_drop.p > 0):
+            attn = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, h, N, 1, k*k)
+            attn = self.attn_drop(torch.softmax(attn.float(), dim=-1).to(q.dtype))
+            out = torch.matmul(attn, v)  # (B, h, N, 1, hd)
+        else:  # one query per position against its k*k neighbours: SDPA with N as its head axis
+            flat = (b * heads, h * w)  # contiguous: SDPA's fused CPU kernel needs unit stride in the last axis
+            q, k, v = (t.contiguous().view(*flat, -1, self.head_dim) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return out.reshape(b, heads, h * w, self.head_dim).transpose(1, 2).reshape(b, h, w, d)
 
 
 def _check(dim, num_heads, kernel_size, dilation):
@@ -118,7 +133,7 @@ def _flops(m: MultiDilatelocalAttention, shape) -> int:
     return b * h * w * (2 * 3 * c * c + 2 * 2 * c * kk + 2 * c * c)  # qkv, q.k and attn.v, proj
 
 
-@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops,
+@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, op_flops=SDPA_CPU,
           reference=Reference("Jiao et al., DilateFormer: Multi-Scale Dilated Transformer, IEEE TMM 2023",
                               "JIAOJIAYUASD/dilateformer models/dilateformer.py (MultiDilatelocalAttention)",
                               "never writes into its input (official: in place into a view); NCHW wrapper; a yaml "

@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.attention.coordatt import h_sigmoid  # the same parameter-free hard sigmoid
+from models.attention._op_flops import SDPA_CPU
+from models.attention._sdpa import fused_sdpa, tracing
 from models.registry import Reference, register, same_channels
 
 __all__ = ["Sea_Attention"]
@@ -84,11 +86,17 @@ def _flops(m: "Sea_Attention", shape) -> int:
     return b * (h * w * per_pixel + axial)
 
 
-@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops,
+@register(build=same_channels(channel_params=1, adapt=_adapt), attention=True, flops=_flops, op_flops=SDPA_CPU,
           reference=Reference("Wan et al., SeaFormer: Squeeze-enhanced Axial Transformer, ICLR 2023",
                               "fudan-zvg/SeaFormer seaformer-cls/seaformer.py (Sea_Attention)",
                               "activation=None means ReLU6 (official: crashes); mmcv norm replaced by BatchNorm2d"))
 class Sea_Attention(nn.Module):  # noqa: N801
+    """Axial attention by scaled_dot_product_attention where it has a fused kernel (models/attention/_sdpa.py:
+    CUDA, or key_dim = head width on CPU); elsewhere, with `explicit_attention = True` on an instance and while
+    tracing for export, the official matmul/softmax/matmul."""
+
+    explicit_attention = False
+
     def __init__(self, dim, key_dim, num_heads, attn_ratio=2, activation=None, norm_cfg=None):
         super().__init__()
         act = _activation(activation)
@@ -120,8 +128,13 @@ class Sea_Attention(nn.Module):  # noqa: N801
         qs = pos_q(q).reshape(b, self.num_heads, -1, n).transpose(2, 3)  # (B, h, N, kd)
         ks = pos_k(k).reshape(b, self.num_heads, -1, n)  # (B, h, kd, N)
         vs = v.reshape(b, self.num_heads, -1, n).transpose(2, 3)  # (B, h, N, d)
-        attn = torch.softmax((torch.matmul(qs, ks) * self.scale).float(), dim=-1).to(vs.dtype)
-        return torch.matmul(attn, vs).transpose(2, 3).reshape(b, self.dh, n)
+        if self.explicit_attention or tracing() or not fused_sdpa(qs, vs):
+            attn = torch.softmax((torch.matmul(qs, ks) * self.scale).float(), dim=-1).to(vs.dtype)
+            out = torch.matmul(attn, vs)
+        else:  # contiguous: the fused CPU kernel needs unit stride in the last axis
+            qs, kt, vs = qs.contiguous(), ks.transpose(2, 3).contiguous(), vs.contiguous()
+            out = F.scaled_dot_product_attention(qs, kt, vs, scale=self.scale)
+        return out.transpose(2, 3).reshape(b, self.dh, n)
 
     def forward(self, x):
         q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
