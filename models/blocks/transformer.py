@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from models.common import C3, Conv
+from models.attention._op_flops import SDPA_CPU
 from models.registry import Built, LayerContext, Reference, out_channels, register
 
 __all__ = ["TransformerLayer", "TransformerBlock", "C3TR"]
@@ -36,7 +37,9 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(c, c, bias=False)
 
     def forward(self, x):
-        x = self.ma(self.q(x), self.k(x), self.v(x))[0] + x
+        # need_weights=False: the attention weights are not used, and without them torch runs
+        # scaled_dot_product_attention (no (heads, L, L) matrix kept); same outputs and keys
+        x = self.ma(self.q(x), self.k(x), self.v(x), need_weights=False)[0] + x
         return self.fc2(self.fc1(x)) + x
 
 
@@ -88,7 +91,7 @@ def c3tr_flops(m: "C3TR", shape) -> int:
     return convs + 2 * b * L * c * c + layers
 
 
-@register(build=_build, attention=True, yolo_init=True, flops=c3tr_flops,
+@register(build=_build, attention=True, yolo_init=True, flops=c3tr_flops, op_flops=SDPA_CPU,
           reference=Reference("Ultralytics YOLOv5 v6.1: C3 with a TransformerBlock(c_, c_, 4 heads, n layers) "
                               "(ViT-style encoder layers, Dosovitskiy et al., ICLR 2021)",
                               "ultralytics/yolov5 v6.1 models/common.py (C3TR, TransformerBlock, TransformerLayer)",
