@@ -282,9 +282,15 @@ class DATView(View):
 
     def attach(self):
         m = self.module
+        # The fused SDPA path never materialises the weights; the explicit one does (same outputs, 1e-6).
+        self.was_explicit, m.explicit_attention = m.explicit_attention, True
         self.keep(m, "x", what="input")
         self.keep(m.proj_q, "q")
         self.keep(m.attn_drop, "attn", what="input")  # softmax weights (B*heads, HW, Ns) before dropout
+
+    def remove(self):
+        super().remove()
+        self.module.explicit_attention = self.was_explicit
 
     def maps(self):
         if "attn" not in self.seen:
