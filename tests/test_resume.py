@@ -44,11 +44,11 @@ def tiny_data(tmp_path_factory):
     return {"path": str(root), "train": "images/train", "val": "images/val", "names": NAMES}
 
 
-def crashed_run(tiny_data, project: Path, name: str, epochs: int = 2) -> Path:
+def crashed_run(tiny_data, project: Path, name: str, epochs: int = 2, **opts) -> Path:
     """A run stopped after epoch 0's checkpoint: its weights/last.pt (resumable)."""
     with pytest.raises(CrashAfterFirstSave):
         train.run(data=tiny_data, epochs=epochs, project=str(project), name=name, callbacks=crash_after_epoch(),
-                  **QUICK)
+                  **{**QUICK, **opts})
     return project / name / "weights" / "last.pt"
 
 
@@ -153,11 +153,12 @@ def test_epochs_with_resume_extends_the_run_as_if_started_with_them(tiny_data, t
 
 
 def test_epochs_with_resume_shortens_the_run_or_is_refused_below_what_was_trained(tiny_data, tmp_path, log_lines):
-    last = crashed_run(tiny_data, tmp_path, "exp", epochs=4)  # epoch 0 trained
+    last = crashed_run(tiny_data, tmp_path, "exp", epochs=4, imgsz=60)  # epoch 0 trained; --img settled to 64
     with pytest.raises(InputError, match=r"--epochs 0: .* has already trained 1 epochs.*above 1"):
         train.run(resume=str(last), epochs=0)
     train.run(resume=str(last), epochs=2)
     assert any("shortened" in ln for ln in log_lines) and epochs_in(tmp_path / "exp") == [0, 1]
+    assert not any("stores other options" in ln for ln in log_lines)  # an ordinary resume: no false alarm
     assert load_checkpoint(last)["optimizer"] is None  # finished and stripped
     assert yaml.safe_load((tmp_path / "exp" / "opt.yaml").read_text())["epochs"] == 2
 

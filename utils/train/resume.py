@@ -22,9 +22,10 @@ from utils.log import LOGGER
 from utils.train.results import keep_rows_through
 
 RUN_OPTIONS, RUN_HYP, WEIGHTS_DIR, RESULTS = "opt.yaml", "hyp.yaml", "weights", "results.csv"
-# Options a resumed run rewrites, so a checkpoint's copy may differ from opt.yaml without anything being wrong.
+# Options a checkpoint's copy may record differently from opt.yaml without anything being wrong: those a resume
+# rewrites, and imgsz, settled to a multiple of the stride after opt.yaml is written.
 VOLATILE_OPTIONS = {"resume", "weights", "cfg", "hyp", "epochs", "save_dir", "project", "name", "exist_ok",
-                    "local_rank"}
+                    "local_rank", "imgsz"}
 
 
 def run_folder_of(ckpt: str | Path) -> Path:
