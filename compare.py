@@ -4,6 +4,7 @@ mean ± 95% intervals over seeds and the paired difference from the baseline (th
 Usage:
     python compare.py --data coco128.yaml --weights yolov5n.pt --cfg yolov5n.yaml yolov5n_TripletAttention.yaml \\
         --seeds 3 --epochs 10 --img 320 --batch-size 16
+    python compare.py ... --epochs 0 --seeds 1          # step 0 only: does each inserted block start as the identity?
     python compare.py ... --attn-init plain            # insert the blocks plainly (default: as the identity)
     python compare.py ... --executor ray [--ray-address HOST:6379] [--ray-cpus-per-run 4] [--ray-gpus-per-run 1]
     import compare; rows = compare.run(data=..., weights=..., cfg=[...], seeds=3, epochs=10, imgsz=320)
@@ -50,7 +51,7 @@ def parse_opt(argv=None, known: bool = False) -> argparse.Namespace:
     p.add_argument("--weights", type=str, default="", help="pretrained weights every variant starts from ('' = scratch)")
     p.add_argument("--cfg", type=str, nargs="+", default=None, help="model yamls; the first is the baseline")
     p.add_argument("--seeds", type=int, default=3, help="runs per variant, seeds 0..N-1")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="epochs per run; 0 scores every variant's starting model")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=640, help="train, val image size (pixels)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=None, help="dataloader workers per run (train.py's default)")
@@ -95,7 +96,7 @@ def check_variants(cfgs, nc: int) -> dict[str, str]:
 
 def check_inputs(opt: argparse.Namespace) -> tuple[dict, dict]:
     """(variants, settings); every bad flag or file is a StudyError here, before any training starts."""
-    for flag, value, low in (("--seeds", opt.seeds, 1), ("--epochs", opt.epochs, 1), ("--batch-size", opt.batch_size, 1),
+    for flag, value, low in (("--seeds", opt.seeds, 1), ("--epochs", opt.epochs, 0), ("--batch-size", opt.batch_size, 1),
                              ("--imgsz", opt.imgsz, 32), ("--latency-repeats", opt.latency_repeats, 1)):
         if value < low:
             raise StudyError(f"{flag} {value}: must be at least {low}")

@@ -4,7 +4,8 @@ Usage:
     python train.py                       # embedded demo: yolov5n_TripletAttention on data/shapes.yaml, ~5 min on 2 cores
     python train.py --data coco128.yaml --cfg yolov5s_CGA.yaml --weights yolov5n.pt --img 640
     torchrun --nproc_per_node 2 train.py --device 0,1 ...      # DistributedDataParallel (gloo on CPU)
-    python train.py --resume [runs/train/exp/weights/last.pt]
+    python train.py --resume [runs/train/exp/weights/last.pt] [--epochs N]   # N: extend or shorten the run
+    python train.py --weights yolov5n.pt --cfg yolov5n_SE.yaml --epochs 0    # score the starting model only
 
 Here: the options, their defaults (the demo's), --resume's options and train.run(**kwargs). The phases
 (setup, model, data, optimization, epoch loop, final validation) live in engine/trainer/.
@@ -23,23 +24,23 @@ if str(ROOT) not in sys.path:
 from utils.cpu_alloc import passive_omp_waits  # noqa: E402  (imports no torch)
 
 passive_omp_waits()  # before torch loads, or it has no effect (see utils/cpu_alloc.py)
-import yaml  # noqa: E402
 
 from engine.trainer import close_distributed, init_distributed, train  # noqa: E402
 from models.config import resolve_cfg  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
-from utils.checkpoint import check_resumable, load_checkpoint  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.train.checks import check_batch_size  # noqa: E402
 from utils.data.dataset import DEFAULT_HYP  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
 from utils.run_dirs import increment_path, latest_run  # noqa: E402
+from utils.train.resume import resume_options as run_folder_options  # noqa: E402
 
 # The embedded demo (`python train.py`): sized to finish in a few minutes on 2 CPU cores.
 DEMO_CFG, DEMO_CFG_FALLBACK = "yolov5n_TripletAttention.yaml", "yolov5n.yaml"
 DEMO_DATA = ROOT / "data" / "shapes.yaml"
 DEMO_HYP = ROOT / "data" / "hyps" / "hyp.shapes-demo.yaml"  # used when --hyp is not given and --data is the demo set
 DEMO_OPTIMIZER = "Adam"  # from scratch in a few hundred steps Adam converges far faster than SGD (measured)
+DEFAULT_EPOCHS = 22  # --epochs when not given (None in the parser, so --resume can tell that it was given)
 
 
 def default_cfg() -> str:
@@ -57,7 +58,9 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=str, default=str(DEMO_DATA), help="dataset yaml")
     p.add_argument("--hyp", type=str, default=None,
                    help=f"hyperparameters yaml (default {DEFAULT_HYP.name}; {DEMO_HYP.name} for the demo data)")
-    p.add_argument("--epochs", type=int, default=22)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs to train (default {DEFAULT_EPOCHS}); 0 validates the starting model only; with "
+                        f"--resume: extend or shorten the run to this many")
     p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train, val image size (pixels)")
     p.add_argument("--rect", action="store_true", help="rectangular training")
@@ -94,18 +97,16 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
 
 
 def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
-    """--resume [last.pt]: the run's own opt.yaml (beside weights/), pointed at that last.pt."""
+    """--resume [last.pt]: the options of the run folder the checkpoint belongs to (<run>/opt.yaml and
+    <run>/hyp.yaml, never those stored in the checkpoint), writing into that folder; --epochs, when given, extends
+    or shortens the run (utils/train/resume.py)."""
     ckpt = Path(opt.resume) if isinstance(opt.resume, (str, Path)) and str(opt.resume) not in ("True", "") \
         else latest_run(Path(opt.project).parent if opt.project else ROOT / "runs")
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"--resume checkpoint {ckpt} does not exist")
-    saved_yaml = ckpt.parent.parent / "opt.yaml"
-    saved = yaml.safe_load(saved_yaml.read_text()) if saved_yaml.is_file() else \
-        check_resumable(load_checkpoint(ckpt))["opt"]
-    new = parse_opt(True, argv=[])
-    vars(new).update(saved)
-    new.cfg, new.weights, new.resume = "", str(ckpt), True
-    new.save_dir = str(ckpt.parent.parent)
+    defaults = vars(parse_opt(True, argv=[]))
+    given = {k: v for k, v in vars(opt).items()
+             if k not in ("resume", "project", "local_rank") and k in defaults and v != defaults[k]}
+    new = argparse.Namespace(**run_folder_options(ckpt, defaults, given))
+    new.local_rank = opt.local_rank
     LOGGER.info(f"Resuming training from {ckpt}")
     return new
 
@@ -116,6 +117,7 @@ def fill_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     if not opt.cfg and not str(opt.weights or "").endswith(".pt"):
         opt.cfg = default_cfg()
     demo = isinstance(opt.data, (str, Path)) and Path(opt.data).name == DEMO_DATA.name
+    opt.epochs = DEFAULT_EPOCHS if opt.epochs is None else opt.epochs
     opt.hyp = opt.hyp or str(DEMO_HYP if demo else DEFAULT_HYP)
     opt.optimizer = opt.optimizer or (DEMO_OPTIMIZER if demo else "SGD")
     if opt.noval is None:  # per-epoch validation would cost the 5-minute demo about a fifth of its time

@@ -94,7 +94,7 @@ def test_one_channel_model_on_rgb_images(files, tmp_path):
 
 
 def _wrong_optimizer_last_pt(files, tmp_path) -> Path:
-    """A last.pt in a run folder whose optimizer state was made for another head (nc=2 instead of 6)."""
+    """A last.pt in a run folder (opt.yaml, hyp.yaml) whose optimizer state was made for another head (nc=2 instead of 6)."""
     import train
     opt = train.fill_defaults(train.parse_opt(argv=[str(a) for a in train_args(files, tmp_path, "--epochs", 2)]))
     opt_dict = {k: str(v) if isinstance(v, Path) else v for k, v in vars(opt).items()}
@@ -106,6 +106,7 @@ def _wrong_optimizer_last_pt(files, tmp_path) -> Path:
     run = tmp_path / "exp"
     (run / "weights").mkdir(parents=True)
     (run / "opt.yaml").write_text(yaml.safe_dump(opt_dict))
+    (run / "hyp.yaml").write_text((ROOT / "data/hyps/hyp.scratch-low.yaml").read_text())  # a run folder has both
     ck = make_checkpoint(Model(deepcopy(TINY)), epoch=0, opt=opt_dict, optimizer=sgd.state_dict(), half=False)
     return save_checkpoint(ck, run / "weights" / "last.pt")
 

@@ -235,6 +235,7 @@ def test_a_failing_run_is_recorded_and_the_study_goes_on(tiny_data, tmp_path, fa
     (dict(data="no/such/data.yaml"), "--data no/such/data.yaml"),
     (dict(weights="no/such.pt"), "--weights no/such.pt"),
     (dict(seeds=0), "--seeds 0: must be at least 1"),
+    (dict(epochs=-1), "--epochs -1: must be at least 0"),
     (dict(cfg=[]), "--cfg: give at least one"),
 ])
 def test_bad_input_fails_before_any_training(tiny_data, tmp_path, fake_train, kw, match):
@@ -280,3 +281,38 @@ def test_tiny_study_through_a_local_ray_instance(tiny_data, tmp_path):
         assert (run_dir / "weights" / "last.pt").is_file() and "Starting training" in (run_dir / "train.log").read_text()
     assert [r["variant"] for r in rows] == ["yolov5n", "yolov5n_SE"] and all(r["runs"] == 2 for r in rows)
     assert (tmp_path / "study" / "summary.md").is_file()
+
+
+# ----------------------------------------------------------------------------- --epochs 0: step 0 of every variant
+
+def _val_losses(study: Path, runs: list[dict]) -> list[list[float]]:
+    """Each run's one results.csv row (the step-0 row, epoch -1): its validation losses."""
+    out = []
+    for r in runs:
+        with open(study / r["run_dir"] / "results.csv", newline="") as f:
+            table = [{k.strip(): float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        assert [row["epoch"] for row in table] == [-1]
+        out.append([table[0][k] for k in ("val/box_loss", "val/obj_loss", "val/cls_loss")])
+    return out
+
+
+def test_epochs_zero_study_scores_every_starting_model(tiny_data, tmp_path):
+    """Real train.py runs at --epochs 0: every run finishes with its one step-0 row and counts 0 epochs."""
+    rows = _study(tiny_data, tmp_path, epochs=0, seeds=1)
+    runs = _read(tmp_path / "study" / "runs.csv")
+    assert [(r["variant"], r["status"], r["epochs"]) for r in runs] == \
+        [("yolov5n", "finished", "0"), ("yolov5n_SE", "finished", "0")]
+    assert [r["runs"] for r in rows] == [1, 1] and all(v[0] > 0 for v in _val_losses(tmp_path / "study", runs))
+
+
+def test_epochs_zero_study_shows_identity_insertion(tiny_data, tmp_path, official_weights):
+    """From a real pretrained model (a random one answers nearly the same to every input, so any block would
+    pass): with the inserted SE block starting as the identity, its step-0 losses equal the baseline's. 80 class
+    names, so the whole head transfers too (a new head is drawn from an RNG the inserted layers also draw from)."""
+    coco_sized = yaml.safe_load(Path(tiny_data).read_text())
+    coco_sized["names"] = NAMES + [f"class{i}" for i in range(len(NAMES), 80)]
+    data = tmp_path / "tiny80.yaml"
+    data.write_text(yaml.safe_dump(coco_sized))
+    _study(str(data), tmp_path, weights=str(official_weights), epochs=0, seeds=1)
+    losses = _val_losses(tmp_path / "study", _read(tmp_path / "study" / "runs.csv"))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 import utils.data.shapes as shapes
-from utils.data.dataset_yaml import ROOT
+from utils.cli import InputError
+from utils.data.dataset_yaml import ROOT, check_dataset
 from utils.data.labels import parse_label_file
 
 
@@ -16,7 +17,7 @@ def test_generation_is_deterministic_and_valid(tmp_path):
     a = shapes.generate_shapes(tmp_path / "a", n_train=6, n_val=2, imgsz=96, seed=3)
     b = shapes.generate_shapes(tmp_path / "b", n_train=6, n_val=2, imgsz=96, seed=3)
     c = shapes.generate_shapes(tmp_path / "c", n_train=6, n_val=2, imgsz=96, seed=4)
-    files = sorted(p.relative_to(a) for p in a.rglob("*.*") if p.name != "VERSION.json")
+    files = sorted(p.relative_to(a) for p in a.rglob("*.*") if p.name not in ("VERSION.json", shapes.MARKER_FILE))
     assert len(files) == 16
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
@@ -73,3 +74,55 @@ def test_shipped_shapes_yaml_matches_generator():
     d = yaml.safe_load((ROOT / "data" / "shapes.yaml").read_text())
     assert d["generate"] == "shapes" and d["names"] == shapes.NAMES
     assert Path(d["path"]) == Path("datasets/shapes")
+
+
+def _victim(tmp_path) -> Path:
+    victim = tmp_path / "my_photos"
+    (victim / "album").mkdir(parents=True)
+    (victim / "album" / "holiday.jpg").write_bytes(b"irreplaceable")
+    (victim / "VERSION.json").write_text('{"version": 3}')  # someone else's file of that name is not the mark
+    return victim
+
+
+def _untouched(victim: Path) -> bool:
+    return (victim / "album" / "holiday.jpg").read_bytes() == b"irreplaceable" and \
+        sorted(p.name for p in victim.rglob("*")) == ["VERSION.json", "album", "holiday.jpg"]
+
+
+@pytest.mark.parametrize("how", ["ensure_generated", "generate_shapes", "dataset_yaml"])
+def test_never_deletes_a_folder_it_did_not_make(tmp_path, how):
+    victim = _victim(tmp_path)
+    with pytest.raises(InputError, match=f"{victim}.*did not make.*refusing to delete"):
+        if how == "ensure_generated":
+            shapes.ensure_generated("shapes", victim, n_train=2, n_val=1, imgsz=64)
+        elif how == "generate_shapes":
+            shapes.generate_shapes(victim, n_train=2, n_val=1, imgsz=64)
+        else:
+            check_dataset({"generate": "shapes", "path": str(victim), "generate_args": {"n_train": 2, "n_val": 1},
+                           "train": "images/train", "val": "images/val", "names": shapes.NAMES})
+    assert _untouched(victim)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my_photos"]  # nothing rendered beside it either
+
+
+def test_a_file_or_link_at_the_path_is_refused(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(_victim(tmp_path))
+    for target in (f, link):
+        with pytest.raises(InputError, match="not a folder made by the shapes generator"):
+            shapes.ensure_generated("shapes", target, n_train=2, n_val=1, imgsz=64)
+    assert f.read_text() == "mine" and _untouched(tmp_path / "my_photos")
+
+
+def test_replaces_only_its_own_sets_and_fills_empty_folders(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    shapes.ensure_generated("shapes", empty, n_train=2, n_val=1, imgsz=64)
+    assert (empty / shapes.MARKER_FILE).is_file() and len(list((empty / "images" / "train").iterdir())) == 2
+    shapes.ensure_generated("shapes", empty, n_train=3, n_val=1, imgsz=64)  # other parameters: its own set, replaced
+    assert len(list((empty / "images" / "train").iterdir())) == 3
+    legacy = shapes.generate_shapes(tmp_path / "legacy", n_train=2, n_val=1, imgsz=64)
+    (legacy / shapes.MARKER_FILE).unlink()  # a set written before the marker existed: its VERSION.json marks it
+    shapes.ensure_generated("shapes", legacy, n_train=3, n_val=1, imgsz=64)
+    assert (legacy / shapes.MARKER_FILE).is_file() and len(list((legacy / "images" / "train").iterdir())) == 3

@@ -12,11 +12,6 @@ returns one normalised dict; models/load.py rebuilds a Model from it.
 """
 from __future__ import annotations
 
-import contextlib
-import glob
-import os
-import tempfile
-import time
 from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +21,7 @@ import torch.nn as nn
 
 from utils.data.names import names_list
 from utils.plain import to_plain  # noqa: F401 (re-export: callers import it from here)
+from utils.atomic_files import remove_stale_temps, remove_stale_temps_in, write_atomic  # noqa: F401 (re-export)
 from utils.log import LOGGER
 from utils.official_pt import (CheckpointError, UnsafeCheckpointError, is_official_pickle,  # noqa: F401 (re-export)
                                official_from_pickle, unpickle_archive)
@@ -33,8 +29,6 @@ from utils.torch_utils import de_parallel
 
 FORMAT = "yolov5-attention"
 FORMAT_VERSION = 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def _state(model_or_sd, half: bool) -> dict[str, torch.Tensor]:
@@ -77,47 +71,12 @@ def save_checkpoint(obj, path: str | Path) -> Path:
     """Write atomically: a temp file in the same folder, fsync, then os.replace over `path`.
 
     A crash or kill at any moment leaves either the old file or the new one, never a partial file. A killed
-    write leaves its temp file behind (nothing can run at SIGKILL); the next successful save removes it.
+    write leaves its temp file behind (nothing can run at SIGKILL); the next successful save of the same file
+    removes it, and a resumed run removes those of its whole run folder (remove_stale_temps_in).
     `obj` is a checkpoint dict (made plain here) or a model (wrapped with make_checkpoint()).
     """
-    path = Path(path)
-    started = time.time()
     obj = make_checkpoint(obj) if isinstance(obj, nn.Module) else to_plain(obj)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    remove_stale_temps(path, older_than=started)
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
-
-
-def remove_stale_temps(path: str | Path, older_than: float | None = None) -> list[Path]:
-    """Delete the temp files killed writes of `path` left (`.<name>.*.tmp` beside it) last modified before
-    `older_than` (default: now); a write still in progress elsewhere keeps touching its own. Returns them."""
-    path = Path(path)
-    cutoff = time.time() if older_than is None else older_than
-    removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            if tmp.stat().st_mtime < cutoff:
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
+    return write_atomic(path, lambda f: torch.save(obj, f))
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,7 +1,7 @@
 """The trainer: phases over one TrainState, top to bottom
 
     setup -> build_model -> settle_hyperparameters -> build_data -> build_optimization -> train_loop
-    -> final_validation (rank 0)
+    (--epochs 0: score_starting_model) -> final_validation (rank 0)
 
 Everything written besides checkpoints goes through callbacks (utils/train/loggers.py hangs on them).
 train.py is its command line: options, defaults, --resume, DDP set-up.
@@ -13,7 +13,7 @@ import time
 
 from engine.trainer.data import build_data
 from engine.trainer.distributed import close_distributed, init_distributed
-from engine.trainer.loop import final_validation, train_loop
+from engine.trainer.loop import final_validation, score_starting_model, train_loop
 from engine.trainer.optimization import build_optimization
 from engine.trainer.setup import build_model, freeze_layers, settle_hyperparameters, setup
 from engine.trainer.state import TrainState
@@ -33,5 +33,8 @@ def train(opt: argparse.Namespace, device, callbacks: Callbacks | None = None) -
     settle_hyperparameters(state)
     build_data(state)
     build_optimization(state)
-    train_loop(state)
+    if opt.epochs > 0:
+        train_loop(state)
+    elif state.main:
+        score_starting_model(state)
     return final_validation(state, t0) if state.main else ValResult.zeros(state.data["nc"])

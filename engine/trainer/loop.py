@@ -1,5 +1,11 @@
 """The epoch loop and what follows each epoch on rank 0 (validate, log, save, early stop), then the final
-validation of best.pt."""
+validation of best.pt; for --epochs 0 the starting model scored in place of the loop.
+
+What a kill at any moment leaves (a resumed run repairs it, utils/train/resume.py): each epoch writes its
+results.csv row first, then best.pt / epochN.pt, and last.pt LAST, so last.pt is the commit point. A kill
+before last.pt is replaced leaves last.pt at the previous epoch; the resumed run drops the rows past it,
+removes the temp files of interrupted writes, and trains that epoch again (best.pt, if written, is rewritten
+with the same weights)."""
 from __future__ import annotations
 
 import time
@@ -10,6 +16,7 @@ from engine.trainer.distributed import broadcast_flag
 from engine.trainer.epoch import train_one_epoch
 from engine.trainer.state import TrainState, plain_options
 from engine.validator import ValOutputs, ValResult, ValSettings, validate_model
+from utils.kill_points import kill_point
 from models.load import model_from_checkpoint
 from utils.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint, strip_optimizer
 from utils.cpu_alloc import keep_freed_memory
@@ -17,7 +24,7 @@ from utils.data.loader import EpochBatches
 from utils.log import LOGGER, colorstr
 from utils.train.early_stopping import EarlyStopping
 from utils.train.optim import warmup_iters
-from utils.train.results import LR_KEYS, RESULT_KEYS, TRAIN_LOSS_KEYS, row_values
+from utils.train.results import LR_KEYS, RESULT_KEYS, STEP0_EPOCH, TRAIN_LOSS_KEYS, row_values
 
 
 def validate(state: TrainState, model, final: bool = False) -> ValResult:
@@ -40,11 +47,12 @@ def save_checkpoints(state: TrainState, epoch: int, fi: float, final: bool, metr
                            hyp=state.hyp, opt=plain_options(opt), optimizer=state.optimizer, ema=state.ema,
                            half=False, extra={"scaler": scaler})
     last, best = state.wdir / "last.pt", state.wdir / "best.pt"
-    save_checkpoint(ckpt, last)
     if state.best_fitness == fi:
         save_checkpoint(ckpt, best)
     if opt.save_period > 0 and epoch % opt.save_period == 0:
         save_checkpoint(ckpt, state.wdir / f"epoch{epoch}.pt")
+    save_checkpoint(ckpt, last)  # last: the commit point of the epoch (see the module doc)
+    kill_point("epoch-saved")  # test hook (utils/kill_points.py)
     state.callbacks.run("on_model_save", last, epoch, final, state.best_fitness, fi)
 
 
@@ -61,8 +69,23 @@ def end_of_epoch(state: TrainState, epoch: int, mloss, lrs, stopper: EarlyStoppi
     state.best_fitness = max(state.best_fitness, fi)
     row = {**dict(zip(TRAIN_LOSS_KEYS, mloss.tolist())), **result.columns(), **dict(zip(LR_KEYS, lrs))}
     state.callbacks.run("on_fit_epoch_end", row_values(row, RESULT_KEYS), epoch)
+    kill_point("results-row")  # test hook (utils/kill_points.py)
     save_checkpoints(state, epoch, fi, final, result.columns())
     return stopper(epoch, fi)
+
+
+def score_starting_model(state: TrainState) -> None:
+    """--epochs 0, rank 0: validate the model training would start from (built, transferred, AutoAnchor'd and
+    fp16-rounded as for training), write it as results.csv's one row, numbered STEP0_EPOCH, and save it as
+    last.pt and best.pt (final_validation strips and validates them as after any run)."""
+    state.callbacks.run("on_train_start")
+    state.ema.update_attr(state.model, include=["yaml", "nc", "names", "stride"])
+    result = validate(state, state.ema.ema)
+    state.maps, state.best_fitness = result.maps, result.fitness
+    lrs = [g["lr"] for g in state.optimizer.param_groups]
+    row = {**dict.fromkeys(TRAIN_LOSS_KEYS, float("nan")), **result.columns(), **dict(zip(LR_KEYS, lrs))}
+    state.callbacks.run("on_fit_epoch_end", row_values(row, RESULT_KEYS), STEP0_EPOCH)
+    save_checkpoints(state, STEP0_EPOCH, result.fitness, True, result.columns())
 
 
 def train_loop(state: TrainState) -> None:

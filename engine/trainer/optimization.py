@@ -18,7 +18,8 @@ from utils.train.optim import build_optimizer, build_scheduler
 def build_optimization(state: TrainState) -> None:
     opt, hyp = state.opt, state.hyp
     state.optimizer = build_optimizer(state.model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
-    state.scheduler, state.lf = build_scheduler(state.optimizer, opt.epochs, hyp["lrf"], opt.cos_lr)
+    # --epochs 0 trains nothing; a one-epoch schedule stands in (its lf(0) = 1 leaves the LRs at lr0)
+    state.scheduler, state.lf = build_scheduler(state.optimizer, max(opt.epochs, 1), hyp["lrf"], opt.cos_lr)
     state.ema = ModelEMA(state.model) if state.main else None
     state.scaler = torch.amp.GradScaler("cuda", enabled=state.cuda)
     if state.ckpt is not None:
@@ -53,8 +54,13 @@ def restore_training_state(state: TrainState) -> None:
     scaler = (ckpt.get("meta") or {}).get("scaler")
     if scaler and state.scaler.is_enabled():
         state.scaler.load_state_dict(scaler)
-    state.start_epoch = int(ckpt["epoch"]) + 1
-    if state.start_epoch >= opt.epochs:
-        raise InputError(f"{opt.weights} has finished training to {opt.epochs} epochs, nothing to resume")
-    LOGGER.info(f"Resuming training from {opt.weights} from epoch {state.start_epoch} to {opt.epochs} total epochs")
+    state.start_epoch = int(ckpt["epoch"]) + 1  # setup() checked that it is at most opt.epochs
+    # The resumed epoch's LR on this run's schedule: what scheduler.step() set at the end of the saved epoch (v6.1's
+    # schedule lags one epoch: last_epoch = start_epoch - 1). The saved LR unless --epochs changed the schedule.
+    for g, base in zip(state.optimizer.param_groups, state.scheduler.base_lrs):
+        g["lr"] = base * state.lf(state.start_epoch - 1)
+    if state.start_epoch == opt.epochs:  # killed after the last epoch's checkpoint: only the ending is left
+        LOGGER.info(f"{opt.weights} has trained all {opt.epochs} epochs; finishing the run (final validation)")
+    else:
+        LOGGER.info(f"Resuming training from {opt.weights} from epoch {state.start_epoch} to {opt.epochs} total epochs")
     state.ckpt = None  # free the memory

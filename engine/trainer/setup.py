@@ -11,30 +11,52 @@ from engine.trainer.state import TrainState, plain_options
 from models.gates import gate_from_scratch
 from models.load import model_from_checkpoint, pretrained_model
 from models.yolo import Model, check_input_channels
+from utils.atomic_files import write_text_atomic
 from utils.checkpoint import check_resumable, load_checkpoint
+from utils.cli import InputError
 from utils.data.dataset_yaml import check_dataset
 from utils.log import LOGGER, colorstr
 from utils.torch_utils import check_img_size, out_of_place_activations, seed_rngs
 from utils.train.hyp import load_hyp, settle_hyp
 from utils.train.loggers import TrainLoggers
+from utils.train.resume import check_epochs_left, stored_option_differences, tidy_run_for_resume
 
 
 def setup(state: TrainState) -> None:
-    """Hyp file, run directory, hyp.yaml/opt.yaml, loggers, model-init seed, dataset yaml."""
+    """The checkpoint being resumed, hyp file, run directory, hyp.yaml/opt.yaml, loggers, model-init seed,
+    dataset yaml."""
     opt = state.opt
-    state.hyp_source = load_hyp(opt.hyp)
+    if isinstance(opt.epochs, bool) or not isinstance(opt.epochs, int) or opt.epochs < 0:
+        raise InputError(f"--epochs {opt.epochs!r}: must be a whole number >= 0 (0 validates the starting model)")
     state.save_dir = Path(opt.save_dir)
+    if opt.resume:  # checked before anything in the run folder is rewritten
+        open_resumed_checkpoint(state)
+    state.hyp_source = load_hyp(opt.hyp)
     LOGGER.info(colorstr("hyperparameters: ") + ", ".join(f"{k}={v}" for k, v in state.hyp_source.items()))
     if state.main:
         state.wdir.mkdir(parents=True, exist_ok=True)
         # the file's values, as YOLOv5 writes them: reusable as --hyp (the settled ones go into the checkpoints)
-        (state.save_dir / "hyp.yaml").write_text(yaml.safe_dump(state.hyp_source, sort_keys=False))
-        (state.save_dir / "opt.yaml").write_text(yaml.safe_dump(plain_options(opt), sort_keys=False))
+        write_text_atomic(state.save_dir / "hyp.yaml", yaml.safe_dump(state.hyp_source, sort_keys=False))
+        write_text_atomic(state.save_dir / "opt.yaml", yaml.safe_dump(plain_options(opt), sort_keys=False))
         TrainLoggers(state.save_dir, plots=not opt.noplots).attach(state.callbacks)
     seed_rngs(model_init_seed(opt.seed))  # identical initial weights on every rank
     state.data = check_dataset(opt.data)
     if opt.single_cls:
         state.data["names"], state.data["nc"] = ["item"], 1
+
+
+def open_resumed_checkpoint(state: TrainState) -> None:
+    """--resume: the checkpoint (ours, unfinished, with epochs left), then the run folder tidied after a kill.
+    Options come from the run folder (train.py); the checkpoint's stored copy is only compared for a warning."""
+    opt = state.opt
+    state.ckpt = check_resumable(load_checkpoint(opt.weights))
+    check_epochs_left(state.ckpt["epoch"], opt.epochs, opt.weights)
+    differ = stored_option_differences(state.ckpt.get("opt"), plain_options(opt))
+    if differ:
+        LOGGER.warning(f"WARNING: {opt.weights} stores other options than {state.save_dir / 'opt.yaml'} "
+                       f"({', '.join(differ)}); the checkpoint's are ignored, the run folder's are used")
+    if state.main:
+        tidy_run_for_resume(state.save_dir, state.ckpt["epoch"])
 
 
 def freeze_layers(model: nn.Module, freeze: list[int]) -> list[str]:
@@ -55,8 +77,7 @@ def build_model(state: TrainState) -> None:
     opt, nc, anchors = state.opt, state.data["nc"], state.hyp_source.get("anchors")
     weights = str(opt.weights or "")
     if opt.resume:
-        state.ckpt = check_resumable(load_checkpoint(weights))
-        model = model_from_checkpoint(state.ckpt)
+        model = model_from_checkpoint(state.ckpt)  # loaded and checked by setup()
     elif weights.endswith(".pt"):
         exclude = ["anchor"] if opt.cfg or anchors else []  # v6.1: new anchors when the yaml is given
         model, _ = pretrained_model(weights, opt.cfg, nc, anchors, exclude, attn_init=opt.attn_init or "identity")

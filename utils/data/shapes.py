@@ -4,17 +4,23 @@ Each image has a smooth random-colour background with noise and unlabelled distr
 0-8 shapes of 6 classes with random colours, sizes (about 24-120 px), rotations and partial overlaps
 (no earlier shape loses more than 40% of its area). Boxes are exact: the min/max of the very polygon
 that is rasterised. Each image is seeded by (seed, split, index), so the set never depends on order.
+
+The generator only ever replaces a folder it made itself: each set it writes carries a marker file
+(MARKER_FILE), and an existing folder without it (a dataset yaml's `path:` pointing at someone's own data)
+is refused by name instead of being deleted. Empty folders are the one exception: they hold nothing to lose.
 """
 import fcntl
 import json
 import math
 import shutil
+import os
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from utils.cli import InputError
 from utils.log import LOGGER
 
 GENERATOR_VERSION = 3  # 2: boxes measured from pixel edges (+0.5); 3: objects >= ~24 px, 0-3 distractor lines
@@ -23,6 +29,8 @@ NAMES = ["circle", "square", "triangle", "star", "cross", "ellipse"]
 DEFAULTS = dict(n_train=400, n_val=100, imgsz=256, seed=0)
 SHIFT = 4  # fixed-point bits for cv2.fillPoly: sub-pixel vertices
 MAX_LOSS = 0.4  # an object may lose at most this fraction of its area to later ones
+MARKER_FILE = ".made-by-yolov5-shapes"  # in every folder this generator writes: the only ones it may replace
+LEGACY_STAMP_KEYS = {"version", "n_train", "n_val", "imgsz", "seed", "names"}  # VERSION.json before the marker
 
 
 def _polygon(cls: int, r: float, angle: float, rng) -> np.ndarray:
@@ -126,17 +134,58 @@ def _write_split(root: Path, split: str, n: int, size: int, seed: int) -> int:
     return n_boxes
 
 
-def generate_shapes(root, n_train=400, n_val=100, imgsz=256, seed=0) -> Path:
-    """Render the set into root/{images,labels}/{train,val} and write root/VERSION.json; returns root."""
+def made_by_generator(root: Path) -> bool:
+    """Whether root carries this generator's marker (or, from before the marker, exactly its VERSION.json)."""
     root = Path(root)
+    if (root / MARKER_FILE).is_file():
+        return True
+    try:
+        stamp = json.loads((root / "VERSION.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stamp, dict) and set(stamp) == LEGACY_STAMP_KEYS and stamp.get("names") == NAMES
+
+
+def check_replaceable(root: Path) -> None:
+    """Refuse (by name) to replace anything at root that this generator did not make; empty folders are fine."""
+    root = Path(root)
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise InputError(f"synthetic dataset path {root} exists and is not a folder made by the shapes generator; "
+                         f"refusing to replace it: point the dataset yaml's 'path:' at a new folder")
+    if root.is_dir() and any(root.iterdir()) and not made_by_generator(root):
+        raise InputError(f"synthetic dataset path {root} is an existing folder the shapes generator did not make "
+                         f"(no {MARKER_FILE} in it); refusing to delete or overwrite it: point the dataset yaml's "
+                         f"'path:' at a new folder, or remove that folder yourself")
+
+
+def _replace_with(root: Path, tmp: Path) -> None:
+    """Move the finished set at tmp to root, removing only a set this generator made (checked again here)."""
+    check_replaceable(root)
+    if root.is_dir():
+        if made_by_generator(root):
+            shutil.rmtree(root)
+        else:
+            os.rmdir(root)  # empty (checked above); fails rather than deletes if something appeared since
+    tmp.rename(root)  # appear complete or not at all
+
+
+def generate_shapes(root, n_train=400, n_val=100, imgsz=256, seed=0) -> Path:
+    """Render the set into root/{images,labels}/{train,val} and write root/VERSION.json and the marker;
+    returns root. An existing root that this generator did not make is an InputError, left untouched."""
+    root = Path(root)
+    check_replaceable(root)  # before rendering anything
     tmp = root.with_name(f".{root.name}.tmp-{time.time_ns()}")
     t0 = time.time()
     boxes = _write_split(tmp, "train", n_train, imgsz, seed) + _write_split(tmp, "val", n_val, imgsz, seed)
     stamp = dict(version=GENERATOR_VERSION, n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed, names=NAMES)
     (tmp / "VERSION.json").write_text(json.dumps(stamp))
-    if root.exists():
-        shutil.rmtree(root)
-    tmp.rename(root)  # appear complete or not at all
+    (tmp / MARKER_FILE).write_text("Made by the shapes generator (utils/data/shapes.py), which may replace this "
+                                   "folder when its parameters or version change.\n")
+    try:
+        _replace_with(root, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     LOGGER.info(f"Generated synthetic shapes: {n_train + n_val} images, {boxes} boxes in {root} "
                 f"({time.time() - t0:.1f}s)")
     return root
@@ -157,8 +206,9 @@ def ensure_generated(kind: str, root, **params) -> Path:
     if kind != "shapes":
         raise ValueError(f"unknown synthetic dataset generator '{kind}' (known: shapes)")
     root = Path(root)
-    if is_current(root, **params):
+    if is_current(root, **params):  # (a current VERSION.json is also the generator's mark)
         return root
+    check_replaceable(root)  # before anything is written beside it
     root.parent.mkdir(parents=True, exist_ok=True)
     # Several processes (DDP ranks, parallel test workers) may ask at once: one generates, the rest wait.
     with open(root.parent / f".{root.name}.lock", "w") as lock:

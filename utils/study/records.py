@@ -36,7 +36,7 @@ class RunRecord:
     map: float = math.nan
     precision: float = math.nan
     recall: float = math.nan
-    epochs: int = 0  # epochs in results.csv
+    epochs: int = 0  # trained epochs in results.csv (its step-0 row of --epochs 0 is not one)
     seconds: float = math.nan  # time spent in train.py (all attempts the study saw)
     error: str = ""
     curve: list = field(default_factory=list)  # mAP50-95 per epoch, for the plot
@@ -90,7 +90,7 @@ def load_record(variant: str, seed: int, run_dir: Path, epochs: int) -> RunRecor
     rec = RunRecord(variant, seed, Path(run_dir))
     marker = read_marker(run_dir)
     rows = read_results(run_dir)
-    rec.epochs = len(rows)
+    rec.epochs = sum(r.get("epoch", 0) >= 0 for r in rows)  # train.py --epochs 0 writes one row numbered -1
     rec.curve = [r.get(METRIC_COLUMNS["map"], math.nan) for r in rows]
     rec.seconds = float(marker.get("seconds", math.nan))
     state = run_state(run_dir, epochs)

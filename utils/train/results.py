@@ -6,12 +6,17 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.atomic_files import write_text_atomic
+
 # results.csv's columns (YOLOv5's names and order), in the groups that fill them.
 TRAIN_LOSS_KEYS = ["train/box_loss", "train/obj_loss", "train/cls_loss"]
 METRIC_KEYS = ["metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"]
 VAL_LOSS_KEYS = ["val/box_loss", "val/obj_loss", "val/cls_loss"]
 LR_KEYS = ["x/lr0", "x/lr1", "x/lr2"]  # learning rate per parameter group
 RESULT_KEYS = TRAIN_LOSS_KEYS + METRIC_KEYS + VAL_LOSS_KEYS + LR_KEYS
+# The epoch number of the row `train.py --epochs 0` writes: the starting model, before any epoch (YOLOv5 numbers
+# trained epochs from 0, so 0 would read as "after one epoch"). Its train losses are NaN: nothing was trained.
+STEP0_EPOCH = -1
 # Panel order of results.png: top row train losses + P + R, bottom row val losses + mAPs (as v6.1).
 PLOT_ORDER = [1, 2, 3, 4, 5, 8, 9, 10, 6, 7]
 
@@ -42,6 +47,29 @@ def append_results(path: Path | str, epoch: int, values, keys=RESULT_KEYS) -> No
     head = "" if path.exists() else csv_header(keys)
     with open(path, "a") as f:
         f.write(head + csv_row(epoch, values))
+
+
+def keep_rows_through(path: Path | str, last_epoch: int) -> list[str]:
+    """Drop the rows a resumed run will write again: those past `last_epoch` (the checkpoint's epoch; written
+    before a kill let the checkpoint follow) and a torn last line. Rewritten atomically; returns what was dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[0].endswith("\n"):  # killed while writing the header: nothing else can follow it
+        path.unlink()
+        return [lines[0].strip()]
+    keep, dropped = lines[:1], []
+    for line in lines[1:]:
+        try:
+            complete = line.endswith("\n") and float(line.split(",", 1)[0]) <= last_epoch
+        except ValueError:
+            complete = False
+        (keep if complete else dropped).append(line)
+    if dropped:
+        write_text_atomic(path, "".join(keep))
+    return [ln.strip() for ln in dropped]
 
 
 def read_results(path: Path | str) -> tuple[list[str], np.ndarray]:
