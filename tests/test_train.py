@@ -99,7 +99,7 @@ def crash_after_epoch0():
     def crash(last, epoch, *args):
         if epoch == 0:
             raise CrashAfterFirstSave
-    cb.register_action("on_model_save", crash)
+    cb.register_action("on_model_save", callback=crash)
     return cb
 
 
