@@ -162,7 +162,10 @@ def test_error_types_are_user_errors():
 
 def test_check_batch_size():
     assert check_batch_size(16) == 16 and check_batch_size(8, world_size=2) == 8
-    for bad, says in [(0, "at least 1"), (-1, "AutoBatch"), (-3, "at least 1"), (7.5, "whole number"),
+    assert check_batch_size(-1) == -1  # AutoBatch
+    with pytest.raises(InputError, match="AutoBatch.*single process"):
+        check_batch_size(-1, world_size=2)
+    for bad, says in [(0, "at least 1"), (-2, "at least 1"), (-3, "at least 1"), (7.5, "whole number"),
                       (True, "whole number")]:
         with pytest.raises(InputError, match=says):
             check_batch_size(bad)
