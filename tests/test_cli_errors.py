@@ -64,8 +64,8 @@ def test_image_size_zero(files, tmp_path, script):
     assert_one_line(r, "--imgsz", "must be positive")
 
 
-@pytest.mark.parametrize("batch,says", [(0, "must be at least 1"), (-1, "AutoBatch")])
-def test_batch_size_zero_and_autobatch(files, tmp_path, batch, says):
+@pytest.mark.parametrize("batch,says", [(0, "must be at least 1"), (-2, "must be at least 1")])
+def test_batch_size_zero_and_negative(files, tmp_path, batch, says):  # -1 is AutoBatch (tests/test_autobatch.py)
     r = run_script("train.py", *train_args(files, tmp_path, "--batch-size", batch))
     assert_one_line(r, f"--batch-size {batch}", says)
 
