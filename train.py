@@ -1,12 +1,13 @@
 """Train a YOLOv5 (attention) detector on a dataset yaml: the command line around the trainer (engine/trainer/).
 
 Usage:
-    python train.py                       # embedded demo: yolov5n_TripletAttention on data/shapes.yaml, ~5 min on 2 cores
-    python train.py --data coco128.yaml --cfg yolov5s_CGA.yaml --weights yolov5n.pt --img 640
+    python train.py                       # the built-in demo (data/demo.yaml): yolov5n_TripletAttention, shapes set
+    python train.py --data coco128.yaml --cfg yolov5s_CGA.yaml --weights yolov5n.pt   # YOLOv5's defaults: 640, 300 ep.
     torchrun --nproc_per_node 2 train.py --device 0,1 ...      # DistributedDataParallel (gloo on CPU)
     python train.py --resume [runs/train/exp/weights/last.pt]
 
-Here: the options, their defaults (the demo's), --resume's options and train.run(**kwargs). The phases
+Here: the options, their defaults (the demo's without --data, YOLOv5's with it: engine/train_defaults.py),
+--resume's options and train.run(**kwargs). The phases
 (setup, model, data, optimization, epoch loop, final validation) live in engine/trainer/.
 """
 from __future__ import annotations
@@ -25,21 +26,18 @@ from utils.cpu_alloc import passive_omp_waits  # noqa: E402  (imports no torch)
 passive_omp_waits()  # before torch loads, or it has no effect (see utils/cpu_alloc.py)
 import yaml  # noqa: E402
 
+from engine.train_defaults import fill_unset, training_defaults  # noqa: E402
 from engine.trainer import close_distributed, init_distributed, train  # noqa: E402
 from models.config import resolve_cfg  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
 from utils.checkpoint import check_resumable, load_checkpoint  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.train.checks import check_batch_size  # noqa: E402
-from utils.data.dataset import DEFAULT_HYP  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
 from utils.run_dirs import increment_path, latest_run  # noqa: E402
 
-# The embedded demo (`python train.py`): sized to finish in a few minutes on 2 CPU cores.
+# The model trained from scratch when neither --cfg nor --weights is given (the demo's, and any other run's).
 DEMO_CFG, DEMO_CFG_FALLBACK = "yolov5n_TripletAttention.yaml", "yolov5n.yaml"
-DEMO_DATA = ROOT / "data" / "shapes.yaml"
-DEMO_HYP = ROOT / "data" / "hyps" / "hyp.shapes-demo.yaml"  # used when --hyp is not given and --data is the demo set
-DEMO_OPTIMIZER = "Adam"  # from scratch in a few hundred steps Adam converges far faster than SGD (measured)
 
 
 def default_cfg() -> str:
@@ -54,17 +52,20 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train YOLOv5 with attention blocks")
     p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch, the default)")
     p.add_argument("--cfg", type=str, default=None, help=f"model yaml (default {DEMO_CFG})")
-    p.add_argument("--data", type=str, default=str(DEMO_DATA), help="dataset yaml")
+    # None = not given: filled by fill_defaults from the demo's settings (no --data) or YOLOv5's (--data given)
+    p.add_argument("--data", type=str, default=None, help="dataset yaml (default: the built-in demo, data/demo.yaml)")
     p.add_argument("--hyp", type=str, default=None,
-                   help=f"hyperparameters yaml (default {DEFAULT_HYP.name}; {DEMO_HYP.name} for the demo data)")
-    p.add_argument("--epochs", type=int, default=22)
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train, val image size (pixels)")
+                   help="hyperparameters yaml, a path or a name in data/hyps/ (default hyp.scratch-low.yaml; the "
+                        "demo's own without --data)")
+    p.add_argument("--epochs", type=int, default=None, help="default 300 (the demo's own without --data)")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices, -1 for AutoBatch")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=None,
+                   help="train, val image size in pixels (default 640; the demo's own without --data)")
     p.add_argument("--rect", action="store_true", help="rectangular training")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume most recent training (or a last.pt)")
     p.add_argument("--nosave", action="store_true", help="only save final checkpoint")
     p.add_argument("--noval", action=argparse.BooleanOptionalAction, default=None,
-                   help="only validate the final epoch (default: yes for the demo data, no otherwise)")
+                   help="only validate the final epoch (default no; yes for the demo without --data)")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
     p.add_argument("--cache", type=str, nargs="?", const="ram", help="--cache images in 'ram' (default) or 'disk'")
     p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
@@ -72,7 +73,7 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
     p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default=None,
-                   help=f"optimizer (default SGD; {DEMO_OPTIMIZER} for the demo data)")
+                   help="optimizer (default SGD; the demo's own without --data)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
     p.add_argument("--workers", type=int, default=2, help="max dataloader workers (per RANK in DDP mode)")
     p.add_argument("--project", default=str(ROOT / "runs" / "train"), help="save to project/name")
@@ -111,16 +112,11 @@ def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
 
 
 def fill_defaults(opt: argparse.Namespace) -> argparse.Namespace:
-    """Options left unset: the demo model without --cfg/--weights; the demo hyp, optimizer and final-only
-    validation for the demo data."""
+    """Options left unset: the default model without --cfg/--weights; data, image size, epochs, optimizer, hyp
+    and validation from the demo's settings without --data, YOLOv5's defaults with it."""
     if not opt.cfg and not str(opt.weights or "").endswith(".pt"):
         opt.cfg = default_cfg()
-    demo = isinstance(opt.data, (str, Path)) and Path(opt.data).name == DEMO_DATA.name
-    opt.hyp = opt.hyp or str(DEMO_HYP if demo else DEFAULT_HYP)
-    opt.optimizer = opt.optimizer or (DEMO_OPTIMIZER if demo else "SGD")
-    if opt.noval is None:  # per-epoch validation would cost the 5-minute demo about a fifth of its time
-        opt.noval = demo
-    return opt
+    return fill_unset(opt, training_defaults(data_given=opt.data is not None))
 
 
 def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:

@@ -49,7 +49,8 @@ def test_autobatch_profiles_until_the_first_failure_with_fake_memory(log_lines):
     assert b == int((20 * 0.9 - 0.5) / 0.25) == 70 and calls == list(PROFILE_SIZES)
     assert any("Using batch size 70" in m for m in log_lines)
     measure, calls = linear_gpu(0.25 * GB, 0.5 * GB, oom_from=4)
-    b = autobatch(torch.nn.Identity(), 640, torch.device("cuda"), measure=measure, free_memory=lambda: (20 * GB, 24 * GB))
+    b = autobatch(torch.nn.Identity(), 640, torch.device("cuda"), measure=measure,
+                  free_memory=lambda: (20 * GB, 24 * GB))
     assert b == 2 and calls == [1, 2, 4]  # stops at the first failure, uses the largest size that ran
 
 

@@ -75,7 +75,7 @@ def find_hyp(hyp: str | Path) -> Path:
     p = Path(hyp)
     tried = [p]
     if p.parent in (Path("."), Path("data/hyps"), Path("hyps")):
-        tried += [HYP_DIR / p.name] + ([HYP_DIR / f"{p.name}.yaml"] if not p.suffix else [])
+        tried += [HYP_DIR / p.name] + ([HYP_DIR / f"{p.name}.yaml"] if p.suffix not in (".yaml", ".yml") else [])
     for cand in tried:
         if cand.is_file():
             return cand
