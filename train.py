@@ -5,6 +5,7 @@ Usage:
     python train.py --data coco128.yaml --cfg yolov5s_CGA.yaml --weights yolov5n.pt   # YOLOv5's defaults: 640, 300 ep.
     torchrun --nproc_per_node 2 train.py --device 0,1 ...      # DistributedDataParallel (gloo on CPU)
     python train.py --resume [runs/train/exp/weights/last.pt]
+    python train.py --data coco128.yaml --epochs 10 --evolve [300]   # hyperparameter evolution -> runs/evolve/exp
 
 Here: the options, their defaults (the demo's without --data, YOLOv5's with it: engine/train_defaults.py),
 --resume's options and train.run(**kwargs). The phases
@@ -26,18 +27,20 @@ from utils.cpu_alloc import passive_omp_waits  # noqa: E402  (imports no torch)
 passive_omp_waits()  # before torch loads, or it has no effect (see utils/cpu_alloc.py)
 import yaml  # noqa: E402
 
+from engine.evolve import evolve  # noqa: E402
 from engine.train_defaults import fill_unset, training_defaults  # noqa: E402
 from engine.trainer import close_distributed, init_distributed, train  # noqa: E402
 from models.config import resolve_cfg  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
 from utils.checkpoint import check_resumable, load_checkpoint  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import InputError, run_cli  # noqa: E402
 from utils.train.checks import check_batch_size  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
 from utils.run_dirs import increment_path, latest_run  # noqa: E402
 
 # The model trained from scratch when neither --cfg nor --weights is given (the demo's, and any other run's).
 DEMO_CFG, DEMO_CFG_FALLBACK = "yolov5n_TripletAttention.yaml", "yolov5n.yaml"
+DEFAULT_PROJECT = str(ROOT / "runs" / "train")
 
 
 def default_cfg() -> str:
@@ -67,6 +70,8 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p.add_argument("--noval", action=argparse.BooleanOptionalAction, default=None,
                    help="only validate the final epoch (default no; yes for the demo without --data)")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    p.add_argument("--evolve", type=int, nargs="?", const=300,
+                   help="evolve hyperparameters for x generations (default 300), each a training run")
     p.add_argument("--cache", type=str, nargs="?", const="ram", help="--cache images in 'ram' (default) or 'disk'")
     p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
@@ -76,7 +81,7 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
                    help="optimizer (default SGD; the demo's own without --data)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
     p.add_argument("--workers", type=int, default=2, help="max dataloader workers (per RANK in DDP mode)")
-    p.add_argument("--project", default=str(ROOT / "runs" / "train"), help="save to project/name")
+    p.add_argument("--project", default=DEFAULT_PROJECT, help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
@@ -119,16 +124,33 @@ def fill_defaults(opt: argparse.Namespace) -> argparse.Namespace:
     return fill_unset(opt, training_defaults(data_given=opt.data is not None))
 
 
+def evolve_options(opt: argparse.Namespace) -> argparse.Namespace:
+    """--evolve N: at least one generation of at least one epoch, one process; runs/evolve/ unless --project is
+    given; --resume continues the evolution in an existing folder (as YOLOv5: resume becomes exist_ok)."""
+    if opt.evolve < 1:
+        raise InputError(f"--evolve {opt.evolve}: the number of generations must be at least 1, such as 300")
+    if int(os.getenv("WORLD_SIZE", 1)) > 1:
+        raise InputError("--evolve runs one training after another in a single process; start it without torchrun")
+    if opt.epochs < 1:
+        raise InputError(f"--evolve with --epochs {opt.epochs}: each generation must train at least 1 epoch")
+    if opt.project == DEFAULT_PROJECT:
+        opt.project = str(ROOT / "runs" / "evolve")
+    opt.exist_ok, opt.resume = opt.exist_ok or bool(opt.resume), False
+    return opt
+
+
 def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:
-    if opt.resume:
+    if opt.resume and opt.evolve is None:
         opt = resume_options(opt)
     else:
         opt = fill_defaults(opt)
+        if opt.evolve is not None:
+            opt = evolve_options(opt)
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
     check_batch_size(opt.batch_size, int(os.getenv("WORLD_SIZE", 1)))
     device = init_distributed(opt)
     try:
-        return train(opt, device, callbacks).as_tuple()
+        return evolve(opt, device, callbacks) if opt.evolve else train(opt, device, callbacks).as_tuple()
     finally:
         close_distributed()
 
