@@ -1,13 +1,15 @@
 """Train a YOLOv5 (attention) detector on a dataset yaml: the command line around the trainer (engine/trainer/).
 
 Usage:
-    python train.py                       # embedded demo: yolov5n_TripletAttention on data/shapes.yaml, ~5 min on 2 cores
-    python train.py --data coco128.yaml --cfg yolov5s_CGA.yaml --weights yolov5n.pt --img 640
+    python train.py                       # the built-in demo (data/demo.yaml): yolov5n_TripletAttention, shapes set
+    python train.py --data coco128.yaml --cfg yolov5s_CGA.yaml --weights yolov5n.pt   # YOLOv5's defaults: 640, 300 ep.
     torchrun --nproc_per_node 2 train.py --device 0,1 ...      # DistributedDataParallel (gloo on CPU)
     python train.py --resume [runs/train/exp/weights/last.pt] [--epochs N]   # N: extend or shorten the run
     python train.py --weights yolov5n.pt --cfg yolov5n_SE.yaml --epochs 0    # score the starting model only
+    python train.py --data coco128.yaml --epochs 10 --evolve [300]   # hyperparameter evolution -> runs/evolve/exp
 
-Here: the options, their defaults (the demo's), --resume's options and train.run(**kwargs). The phases
+Here: the options, their defaults (the demo's without --data, YOLOv5's with it: engine/train_defaults.py),
+--resume's options and train.run(**kwargs). The phases
 (setup, model, data, optimization, epoch loop, final validation) live in engine/trainer/.
 """
 from __future__ import annotations
@@ -25,22 +27,20 @@ from utils.cpu_alloc import passive_omp_waits  # noqa: E402  (imports no torch)
 
 passive_omp_waits()  # before torch loads, or it has no effect (see utils/cpu_alloc.py)
 
+from engine.evolve import evolve  # noqa: E402
+from engine.train_defaults import fill_unset, training_defaults  # noqa: E402
 from engine.trainer import close_distributed, init_distributed, train  # noqa: E402
 from models.config import resolve_cfg  # noqa: E402
 from utils.callbacks import Callbacks  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import InputError, run_cli  # noqa: E402
 from utils.train.checks import check_batch_size  # noqa: E402
-from utils.data.dataset import DEFAULT_HYP  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
 from utils.run_dirs import increment_path, latest_run  # noqa: E402
 from utils.train.resume import resume_options as run_folder_options  # noqa: E402
 
-# The embedded demo (`python train.py`): sized to finish in a few minutes on 2 CPU cores.
+# The model trained from scratch when neither --cfg nor --weights is given (the demo's, and any other run's).
 DEMO_CFG, DEMO_CFG_FALLBACK = "yolov5n_TripletAttention.yaml", "yolov5n.yaml"
-DEMO_DATA = ROOT / "data" / "shapes.yaml"
-DEMO_HYP = ROOT / "data" / "hyps" / "hyp.shapes-demo.yaml"  # used when --hyp is not given and --data is the demo set
-DEMO_OPTIMIZER = "Adam"  # from scratch in a few hundred steps Adam converges far faster than SGD (measured)
-DEFAULT_EPOCHS = 22  # --epochs when not given (None in the parser, so --resume can tell that it was given)
+DEFAULT_PROJECT = str(ROOT / "runs" / "train")
 
 
 def default_cfg() -> str:
@@ -55,30 +55,35 @@ def parse_opt(known: bool = False, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train YOLOv5 with attention blocks")
     p.add_argument("--weights", type=str, default="", help="initial weights path ('' = from scratch, the default)")
     p.add_argument("--cfg", type=str, default=None, help=f"model yaml (default {DEMO_CFG})")
-    p.add_argument("--data", type=str, default=str(DEMO_DATA), help="dataset yaml")
+    # None = not given: filled by fill_defaults from the demo's settings (no --data) or YOLOv5's (--data given)
+    p.add_argument("--data", type=str, default=None, help="dataset yaml (default: the built-in demo, data/demo.yaml)")
     p.add_argument("--hyp", type=str, default=None,
-                   help=f"hyperparameters yaml (default {DEFAULT_HYP.name}; {DEMO_HYP.name} for the demo data)")
+                   help="hyperparameters yaml, a path or a name in data/hyps/ (default hyp.scratch-low.yaml; the "
+                        "demo's own without --data)")
     p.add_argument("--epochs", type=int, default=None,
-                   help=f"epochs to train (default {DEFAULT_EPOCHS}); 0 validates the starting model only; with "
-                        f"--resume: extend or shorten the run to this many")
-    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=128, help="train, val image size (pixels)")
+                   help="epochs to train (default 300; the demo's own without --data); 0 validates the starting "
+                        "model only; with --resume: extend or shorten the run to this many")
+    p.add_argument("--batch-size", type=int, default=16, help="total batch size for all devices, -1 for AutoBatch")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=None,
+                   help="train, val image size in pixels (default 640; the demo's own without --data)")
     p.add_argument("--rect", action="store_true", help="rectangular training")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume most recent training (or a last.pt)")
     p.add_argument("--nosave", action="store_true", help="only save final checkpoint")
     p.add_argument("--noval", action=argparse.BooleanOptionalAction, default=None,
-                   help="only validate the final epoch (default: yes for the demo data, no otherwise)")
+                   help="only validate the final epoch (default no; yes for the demo without --data)")
     p.add_argument("--noautoanchor", action="store_true", help="disable AutoAnchor")
+    p.add_argument("--evolve", type=int, nargs="?", const=300,
+                   help="evolve hyperparameters for x generations (default 300), each a training run")
     p.add_argument("--cache", type=str, nargs="?", const="ram", help="--cache images in 'ram' (default) or 'disk'")
     p.add_argument("--image-weights", action="store_true", help="use weighted image selection for training")
     p.add_argument("--device", default="", help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--multi-scale", action="store_true", help="vary img-size +/- 50%%")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
     p.add_argument("--optimizer", type=str, choices=["SGD", "Adam", "AdamW"], default=None,
-                   help=f"optimizer (default SGD; {DEMO_OPTIMIZER} for the demo data)")
+                   help="optimizer (default SGD; the demo's own without --data)")
     p.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm, only available in DDP mode")
     p.add_argument("--workers", type=int, default=2, help="max dataloader workers (per RANK in DDP mode)")
-    p.add_argument("--project", default=str(ROOT / "runs" / "train"), help="save to project/name")
+    p.add_argument("--project", default=DEFAULT_PROJECT, help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--cos-lr", action="store_true", help="cosine LR scheduler")
@@ -112,29 +117,40 @@ def resume_options(opt: argparse.Namespace) -> argparse.Namespace:
 
 
 def fill_defaults(opt: argparse.Namespace) -> argparse.Namespace:
-    """Options left unset: the demo model without --cfg/--weights; the demo hyp, optimizer and final-only
-    validation for the demo data."""
+    """Options left unset: the default model without --cfg/--weights; data, image size, epochs, optimizer, hyp
+    and validation from the demo's settings without --data, YOLOv5's defaults with it."""
     if not opt.cfg and not str(opt.weights or "").endswith(".pt"):
         opt.cfg = default_cfg()
-    demo = isinstance(opt.data, (str, Path)) and Path(opt.data).name == DEMO_DATA.name
-    opt.epochs = DEFAULT_EPOCHS if opt.epochs is None else opt.epochs
-    opt.hyp = opt.hyp or str(DEMO_HYP if demo else DEFAULT_HYP)
-    opt.optimizer = opt.optimizer or (DEMO_OPTIMIZER if demo else "SGD")
-    if opt.noval is None:  # per-epoch validation would cost the 5-minute demo about a fifth of its time
-        opt.noval = demo
+    return fill_unset(opt, training_defaults(data_given=opt.data is not None))
+
+
+def evolve_options(opt: argparse.Namespace) -> argparse.Namespace:
+    """--evolve N: at least one generation of at least one epoch, one process; runs/evolve/ unless --project is
+    given; --resume continues the evolution in an existing folder (as YOLOv5: resume becomes exist_ok)."""
+    if opt.evolve < 1:
+        raise InputError(f"--evolve {opt.evolve}: the number of generations must be at least 1, such as 300")
+    if int(os.getenv("WORLD_SIZE", 1)) > 1:
+        raise InputError("--evolve runs one training after another in a single process; start it without torchrun")
+    if opt.epochs < 1:
+        raise InputError(f"--evolve with --epochs {opt.epochs}: each generation must train at least 1 epoch")
+    if opt.project == DEFAULT_PROJECT:
+        opt.project = str(ROOT / "runs" / "evolve")
+    opt.exist_ok, opt.resume = opt.exist_ok or bool(opt.resume), False
     return opt
 
 
 def main(opt: argparse.Namespace, callbacks: Callbacks | None = None) -> tuple:
-    if opt.resume:
+    if opt.resume and opt.evolve is None:
         opt = resume_options(opt)
     else:
         opt = fill_defaults(opt)
+        if opt.evolve is not None:
+            opt = evolve_options(opt)
         opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
     check_batch_size(opt.batch_size, int(os.getenv("WORLD_SIZE", 1)))
     device = init_distributed(opt)
     try:
-        return train(opt, device, callbacks).as_tuple()
+        return evolve(opt, device, callbacks) if opt.evolve else train(opt, device, callbacks).as_tuple()
     finally:
         close_distributed()
 

@@ -6,6 +6,7 @@ Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --save-json     # + pycocotools check
     python val.py --weights yolov5n.pt --data coco128.yaml --task speed    # timing only
     python val.py --weights yolov5n.pt --data coco128.yaml --task study    # mAP/speed over image sizes
+    python val.py --weights runs/train/exp/weights/best.pt                 # on the dataset it was trained on
 
 This is the command line; the validator itself is engine/validator.py. run(**kwargs) takes YOLOv5's keywords and
 returns YOLOv5's tuple; for the figures by name call engine.validator.validate_weights (a weights file) or
@@ -26,22 +27,27 @@ from utils.cpu_alloc import passive_omp_waits  # noqa: E402  (imports no torch)
 passive_omp_waits()  # before torch loads, or it has no effect (see utils/cpu_alloc.py)
 import numpy as np  # noqa: E402
 
+from engine.training_data import data_for_weights  # noqa: E402
 from engine.validator import SPLITS, ValOutputs, ValSettings, validate_model, validate_weights  # noqa: E402
 from utils.log import LOGGER  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
 
 
-def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300, task="val",
-        device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False, save_hybrid=False,
-        save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp", exist_ok=False, half=None,
-        dnn=False, model=None, dataloader=None, save_dir=Path(""), plots=True, callbacks=None, compute_loss=None):
+def run(data=None, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thres=0.6, max_det=300,
+        task="val", device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False,
+        save_hybrid=False, save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp", exist_ok=False,
+        half=None, dnn=False, model=None, dataloader=None, save_dir=Path(""), plots=True, callbacks=None,
+        compute_loss=None):
     """YOLOv5's val.run -> ((P, R, mAP50, mAP50-95, box, obj, cls), per-class mAP50-95 (nc,), (pre, inf, NMS)
     ms/img). The same figures by name: engine.validator.validate_weights / validate_model -> ValResult.
 
     `weights` (path, or a list of .pt -> ensemble) and `data` (yaml path or dict) validate a weights file into
     project/name. YOLOv5's training call, `model` and `dataloader` (+ compute_loss, save_dir), is
-    validate_model; fp16 then defaults to CUDA only (as v6.1), elsewhere only when half=True.
+    validate_model; fp16 then defaults to CUDA only (as v6.1), elsewhere only when half=True. Without `data`
+    one of our checkpoints is validated on the dataset it was trained on, other weights on coco128.yaml.
     """
+    if data is None and model is None:
+        data = data_for_weights(weights)
     settings = ValSettings(conf_thres, iou_thres, max_det, single_cls, augment, save_hybrid)
     if model is not None:
         outputs = ValOutputs(Path(save_dir), plots, save_txt, save_conf, save_json, verbose)
@@ -60,7 +66,8 @@ def run(data, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou_thre
 
 def parse_opt(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Validate YOLOv5 weights on a dataset split")
-    p.add_argument("--data", type=str, default=str(ROOT / "data/coco128.yaml"), help="dataset.yaml path")
+    p.add_argument("--data", type=str, default=None,
+                   help="dataset.yaml path (default: the dataset our checkpoint was trained on, else coco128.yaml)")
     p.add_argument("--weights", nargs="+", type=str, default=["yolov5s.pt"],
                    help="model path: .pt (several: ensemble), .onnx or .torchscript")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
@@ -85,7 +92,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--dnn", action="store_true", help="accepted for YOLOv5 compatibility and ignored (warns): "
                    ".onnx runs on onnxruntime")
     opt = p.parse_args(argv)
-    opt.save_json |= opt.data.endswith("coco.yaml")
+    opt.save_json |= str(opt.data or "").endswith("coco.yaml")
     opt.save_txt |= opt.save_hybrid
     return opt
 
@@ -103,7 +110,8 @@ def study(opt: argparse.Namespace) -> list[Path]:
             kw = {**vars(opt), "weights": w, "imgsz": s, "plots": False, "exist_ok": True, "name": save_dir.name}
             r, _, t = run(**kw)
             rows.append([*r, *t])
-        f = save_dir / f"study_{Path(opt.data).stem}_{Path(w).stem}.txt"
+        data_name = Path(opt.data).stem if isinstance(opt.data, (str, Path)) else "data"
+        f = save_dir / f"study_{data_name}_{Path(w).stem}.txt"
         np.savetxt(f, np.array(rows), fmt="%10.4g")
         files.append(f)
     plot_study(files, sizes, save_dir / "study.png")
@@ -111,6 +119,8 @@ def study(opt: argparse.Namespace) -> list[Path]:
 
 
 def main(opt: argparse.Namespace):
+    if opt.data is None:
+        opt.data = data_for_weights(opt.weights)
     if opt.task in SPLITS:
         if opt.conf_thres > 0.001:
             LOGGER.info(f"WARNING: confidence threshold {opt.conf_thres} > 0.001 gives invalid mAP values")

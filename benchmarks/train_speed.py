@@ -72,8 +72,8 @@ def run_ours(args, clock: EpochClock, tmp: str) -> None:
     import train
     from utils.callbacks import Callbacks
     cb = Callbacks()
-    cb.register_action("on_train_start", clock.start)
-    cb.register_action("on_train_epoch_end", clock.end)
+    cb.register_action("on_train_start", callback=clock.start)
+    cb.register_action("on_train_epoch_end", callback=clock.end)
     train.run(callbacks=cb, data=data_dict(Path(args.coco128)), cfg=args.cfg, weights="", imgsz=args.imgsz,
               batch_size=args.batch, workers=args.workers, epochs=args.epochs + 2, noval=True, nosave=True,
               noplots=True, noautoanchor=True, bf16=args.mode == "bf16", project=tmp, name="bench", device="cpu")

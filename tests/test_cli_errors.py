@@ -64,8 +64,8 @@ def test_image_size_zero(files, tmp_path, script):
     assert_one_line(r, "--imgsz", "must be positive")
 
 
-@pytest.mark.parametrize("batch,says", [(0, "must be at least 1"), (-1, "AutoBatch")])
-def test_batch_size_zero_and_autobatch(files, tmp_path, batch, says):
+@pytest.mark.parametrize("batch,says", [(0, "must be at least 1"), (-2, "must be at least 1")])
+def test_batch_size_zero_and_negative(files, tmp_path, batch, says):  # -1 is AutoBatch (tests/test_autobatch.py)
     r = run_script("train.py", *train_args(files, tmp_path, "--batch-size", batch))
     assert_one_line(r, f"--batch-size {batch}", says)
 
@@ -163,7 +163,10 @@ def test_error_types_are_user_errors():
 
 def test_check_batch_size():
     assert check_batch_size(16) == 16 and check_batch_size(8, world_size=2) == 8
-    for bad, says in [(0, "at least 1"), (-1, "AutoBatch"), (-3, "at least 1"), (7.5, "whole number"),
+    assert check_batch_size(-1) == -1  # AutoBatch
+    with pytest.raises(InputError, match="AutoBatch.*single process"):
+        check_batch_size(-1, world_size=2)
+    for bad, says in [(0, "at least 1"), (-2, "at least 1"), (-3, "at least 1"), (7.5, "whole number"),
                       (True, "whole number")]:
         with pytest.raises(InputError, match=says):
             check_batch_size(bad)

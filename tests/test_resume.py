@@ -34,7 +34,7 @@ def crash_after_epoch(at: int = 0) -> Callbacks:
         if epoch == at:
             raise CrashAfterFirstSave
     cb = Callbacks()
-    cb.register_action("on_model_save", crash)
+    cb.register_action("on_model_save", callback=crash)
     return cb
 
 

@@ -57,12 +57,32 @@ def test_defaults_train_the_demo_from_scratch_without_shared_files():
     opt = train.fill_defaults(train.parse_opt(argv=[]))
     assert opt.weights == "" and opt.cfg == train.default_cfg()
     assert Path(opt.data).name == "shapes.yaml" and Path(opt.hyp).name == "hyp.shapes-demo.yaml"
-    assert opt.optimizer == train.DEMO_OPTIMIZER and opt.noval is True  # the demo validates once, at the end
+    assert Path(opt.data).is_file() and Path(opt.hyp).is_file()
+    # the demo's own settings (the README's first command: ~3 min on 2 cores)
+    assert (opt.imgsz, opt.epochs, opt.optimizer, opt.noval) == (128, 22, "Adam", True)
     assert "shared" not in {*Path(opt.data).parts, *Path(opt.hyp).parts}
-    other = train.fill_defaults(train.parse_opt(argv=["--data", "coco128.yaml", "--weights", "x.pt"]))
-    assert other.cfg is None and other.optimizer == "SGD" and Path(other.hyp).name == "hyp.scratch-low.yaml"
-    assert other.noval is False
-    assert train.fill_defaults(train.parse_opt(argv=["--no-noval"])).noval is False
+    assert train.fill_defaults(train.parse_opt(argv=["--no-noval", "--img", "96"])).noval is False
+
+
+@pytest.mark.parametrize("data", ["coco128.yaml", "data/shapes.yaml"])  # the demo's own set, named: YOLOv5's too
+def test_with_data_given_every_default_is_yolov5s(data):
+    other = train.fill_defaults(train.parse_opt(argv=["--data", data, "--weights", "x.pt"]))
+    assert other.cfg is None and other.data == data
+    assert (other.imgsz, other.epochs, other.optimizer, other.noval) == (640, 300, "SGD", False)
+    assert Path(other.hyp).name == "hyp.scratch-low.yaml" and Path(other.hyp).is_file()
+    given = train.fill_defaults(train.parse_opt(argv=["--data", data, "--img", "320", "--epochs", "5", "--optimizer",
+                                                      "AdamW", "--hyp", "hyp.scratch-high.yaml", "--noval"]))
+    assert (given.imgsz, given.epochs, given.optimizer, given.hyp, given.noval) == \
+        (320, 5, "AdamW", "hyp.scratch-high.yaml", True)
+    assert given.cfg == train.default_cfg()  # the model default does not depend on the data
+
+
+def test_run_keywords_count_as_given():
+    opt = train.parse_opt(True, argv=[])
+    assert (opt.data, opt.imgsz, opt.epochs, opt.optimizer, opt.hyp, opt.noval) == (None,) * 6
+    opt.data, opt.epochs = {"names": ["a"]}, 3  # what train.run(data=..., epochs=3) sets
+    train.fill_defaults(opt)
+    assert (opt.imgsz, opt.epochs, opt.optimizer) == (640, 3, "SGD")
 
 
 def test_hyp_is_settled_once_and_is_what_the_loss_and_checkpoints_use(tiny_data, tmp_path, monkeypatch):
@@ -99,7 +119,7 @@ def crash_after_epoch0():
     def crash(last, epoch, *args):
         if epoch == 0:
             raise CrashAfterFirstSave
-    cb.register_action("on_model_save", crash)
+    cb.register_action("on_model_save", callback=crash)
     return cb
 
 

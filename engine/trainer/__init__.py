@@ -28,6 +28,7 @@ def train(opt: argparse.Namespace, device, callbacks: Callbacks | None = None) -
     final validation of best.pt, on other ranks zeros."""
     t0 = time.time()
     state = TrainState(opt, device, callbacks or Callbacks())
+    state.callbacks.run("on_pretrain_routine_start")
     setup(state)
     build_model(state)
     settle_hyperparameters(state)

@@ -24,7 +24,7 @@ def is_main_process() -> bool:
 def init_distributed(opt: argparse.Namespace) -> torch.device:
     """The device this process trains on; under torchrun also the process group (nccl on CUDA, gloo on CPU)."""
     if LOCAL_RANK == -1:
-        return select_device(opt.device, batch_size=opt.batch_size)
+        return select_device(opt.device, batch_size=max(opt.batch_size, 0))  # -1: AutoBatch decides later
     if opt.image_weights:
         raise InputError("--image-weights is not supported with DDP training")
     if opt.batch_size % WORLD_SIZE:

@@ -17,6 +17,7 @@ from utils.cli import InputError
 from utils.data.dataset_yaml import check_dataset
 from utils.log import LOGGER, colorstr
 from utils.torch_utils import check_img_size, out_of_place_activations, seed_rngs
+from utils.train.autobatch import AUTO, autobatch
 from utils.train.hyp import load_hyp, settle_hyp
 from utils.train.loggers import TrainLoggers
 from utils.train.resume import check_epochs_left, stored_option_differences, tidy_run_for_resume
@@ -94,9 +95,14 @@ def build_model(state: TrainState) -> None:
 
 
 def settle_hyperparameters(state: TrainState) -> None:
-    """--imgsz to a multiple of the grid (at least two cells), then the one settled hyp of the run."""
+    """--imgsz to a multiple of the grid (at least two cells), --batch-size -1 to AutoBatch's choice, then the
+    one settled hyp of the run."""
     opt = state.opt
     opt.imgsz = check_img_size(opt.imgsz, state.gs, floor=state.gs * 2)
+    if opt.batch_size == AUTO:
+        opt.batch_size = autobatch(state.model, opt.imgsz, state.device)
+        if state.main:  # the batch actually used, so --resume and readers of opt.yaml see it
+            (state.save_dir / "opt.yaml").write_text(yaml.safe_dump(plain_options(opt), sort_keys=False))
     state.hyp = settle_hyp(state.hyp_source, nc=state.data["nc"], nl=state.model.model[-1].nl, imgsz=opt.imgsz,
                            batch_size=opt.batch_size, label_smoothing=opt.label_smoothing)
     LOGGER.info(f"Scaled weight_decay = {state.hyp['weight_decay']}")

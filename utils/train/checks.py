@@ -9,12 +9,15 @@ from utils.cli import InputError
 
 
 def check_batch_size(batch_size, world_size: int = 1) -> int:
-    """--batch-size: a positive total over all processes, divisible by the process count."""
+    """--batch-size: a positive total over all processes, divisible by the process count; or -1 (AutoBatch,
+    utils/train/autobatch.py), for a single process."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         raise InputError(f"--batch-size {batch_size!r}: must be a whole number of images, such as 16")
     if batch_size == -1:
-        raise InputError("--batch-size -1 (AutoBatch, batch size from free GPU memory) is not available in this "
-                         "project yet; pass a positive batch size such as 16")
+        if world_size > 1:
+            raise InputError(f"--batch-size -1 (AutoBatch) works in a single process, not with {world_size} "
+                             "training processes; pass a total batch size such as 16")
+        return batch_size
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be at least 1 image, such as 16")
     if batch_size % world_size:

@@ -23,6 +23,7 @@ REQUIRED = ("lr0", "lrf", "momentum", "weight_decay", "warmup_epochs", "warmup_m
 # Read with a default, or only written by YOLOv5's files.
 OPTIONAL = ("cls_pw", "obj_pw", "iou_t", "fl_gamma", "copy_paste", "anchors", "nbs", "label_smoothing")
 PROBABILITIES = ("flipud", "fliplr", "mosaic", "mixup", "copy_paste")
+HYP_DIR = Path(__file__).resolve().parents[2] / "data" / "hyps"  # where bare --hyp names are looked up
 
 
 class HypError(InputError):
@@ -68,11 +69,28 @@ def check_hyp(hyp: dict, source: str = "hyperparameters") -> dict:
     return hyp
 
 
+def find_hyp(hyp: str | Path) -> Path:
+    """--hyp as a file: the path as given, else a bare name (or data/hyps/<name>) in the repo's data/hyps/, as
+    YOLOv5 resolves `--hyp hyp.scratch-high.yaml`. Not found: an error listing the files there."""
+    p = Path(hyp)
+    tried = [p]
+    if p.parent in (Path("."), Path("data/hyps"), Path("hyps")):
+        tried += [HYP_DIR / p.name] + ([HYP_DIR / f"{p.name}.yaml"] if p.suffix not in (".yaml", ".yml") else [])
+    for cand in tried:
+        if cand.is_file():
+            return cand
+    available = ", ".join(sorted(f.name for f in HYP_DIR.glob("*.yaml"))) or "none"
+    raise FileNotFoundError(f"--hyp {hyp} not found (looked at {', '.join(map(str, tried))}); pass a yaml path or "
+                            f"one of data/hyps/: {available}")
+
+
 def load_hyp(hyp: str | Path | dict) -> dict:
-    """--hyp (a yaml path, or a dict from train.run(hyp=...)) as a checked dict (a copy)."""
+    """--hyp (a yaml path or a bare name in data/hyps/, or a dict from train.run(hyp=...)) as a checked dict
+    (a copy)."""
     if isinstance(hyp, dict):
         return check_hyp(dict(hyp), "hyp dict")
-    return dict(check_hyp(read_yaml_file(hyp, "--hyp"), str(hyp)))
+    file = find_hyp(hyp)
+    return dict(check_hyp(read_yaml_file(file, "--hyp"), str(file)))
 
 
 def nominal_batch(hyp: dict) -> int:

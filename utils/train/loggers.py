@@ -31,7 +31,7 @@ class TrainLoggers:
     def attach(self, callbacks: Callbacks) -> Callbacks:
         for hook in HOOKS:
             if hasattr(self, hook):
-                callbacks.register_action(hook, getattr(self, hook))
+                callbacks.register_action(hook, name=f"TrainLoggers.{hook}", callback=getattr(self, hook))
         return callbacks
 
     def on_pretrain_routine_end(self, labels, names):

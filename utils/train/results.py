@@ -82,6 +82,13 @@ def read_results(path: Path | str) -> tuple[list[str], np.ndarray]:
     return rows[0], data
 
 
+def validated_rows(names: list[str], data: np.ndarray) -> np.ndarray:
+    """Which epochs were validated: as YOLOv5 writes an epoch it did not validate (--noval, all but the last),
+    its metrics and val losses are all exactly 0, which no validation produces (its val losses are positive)."""
+    cols = [names.index(k) for k in METRIC_KEYS + VAL_LOSS_KEYS if k in names]
+    return np.ones(len(data), bool) if not cols else (data[:, cols] != 0).any(1)
+
+
 def _smooth(y: np.ndarray, n: int = 3) -> np.ndarray:
     """Centred moving average (edges padded) so the trend shows through noisy epochs."""
     if len(y) < n:
@@ -90,8 +97,21 @@ def _smooth(y: np.ndarray, n: int = 3) -> np.ndarray:
     return np.convolve(padded, np.ones(n) / n, mode="valid")
 
 
+def panel_series(names: list[str], data: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(title, epochs, values) of each results.png panel, in panel order; validation panels keep only the
+    epochs that were validated."""
+    validated = validated_rows(names, data)
+    val_cols = {names.index(k) for k in METRIC_KEYS + VAL_LOSS_KEYS if k in names}
+    out = []
+    for col in PLOT_ORDER:
+        keep = validated if col in val_cols else np.ones(len(data), bool)
+        out.append((names[col], data[keep, 0], data[keep, col]))
+    return out
+
+
 def plot_results(file: Path | str = "results.csv", save_path: Path | str | None = None) -> Path:
-    """Draw results.png next to results.csv: 10 panels, points plus a smoothed line each."""
+    """Draw results.png next to results.csv: 10 panels, points plus a smoothed line each. Validation panels
+    leave the epochs that were not validated empty (instead of drawing them as zeros)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -99,12 +119,10 @@ def plot_results(file: Path | str = "results.csv", save_path: Path | str | None 
     file = Path(file)
     names, data = read_results(file)
     fig, axes = plt.subplots(2, 5, figsize=(12, 6), tight_layout=True)
-    x = data[:, 0]
-    for ax, col in zip(axes.ravel(), PLOT_ORDER):
-        y = data[:, col]
+    for ax, (title, x, y) in zip(axes.ravel(), panel_series(names, data)):
         ax.plot(x, y, marker=".", label=file.parent.name or "results", linewidth=2, markersize=8)
         ax.plot(x, _smooth(y), ":", label="smooth", linewidth=2)
-        ax.set_title(names[col], fontsize=12)
+        ax.set_title(title, fontsize=12)
     axes.ravel()[1].legend()
     out = Path(save_path) if save_path else file.with_suffix(".png")
     fig.savefig(out, dpi=200)
