@@ -88,7 +88,7 @@ def test_half_and_bf16_inference_runs():
     with torch.no_grad():
         ref = model(x)[0]
         out = model.to(torch.bfloat16)(x.to(torch.bfloat16))[0]
-    assert out.dtype == torch.bfloat16
+    assert out.dtype == torch.float32  # bf16 maps, decoded in fp32 (pixel coordinates need more than 8 bits)
     assert torch.allclose(out.float()[..., :4], ref[..., :4], rtol=0.05, atol=1.0)
 
 
@@ -241,3 +241,70 @@ def test_contract_expand_are_inverse_and_keep_yolov5_channel_order():
             group = y[:, (i * 2 + j) * 3:(i * 2 + j + 1) * 3]
             assert torch.equal(group, x[:, :, i::2, j::2])
     assert torch.equal(Expand(2)(y), x)
+
+
+# ------------------------------------------------------------------------------- Detect's eval decode --
+
+V61_ANCHORS = ([10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326])  # yolov5n.yaml
+
+
+def _reference_decode(maps, no=85, strides=(8, 16, 32)):
+    """YOLOv5's box decode written out level by level from its formulas (not from Detect): sigmoid, then
+    xy = (2s - 0.5 + cell) * stride, wh = (2s)^2 * anchor (pixels); cells in (y, x) row-major order."""
+    out = []
+    for m, anchors, stride in zip(maps, V61_ANCHORS, strides):
+        bs, _, ny, nx = m.shape
+        p = m.float().view(bs, 3, no, ny, nx).permute(0, 1, 3, 4, 2).sigmoid()
+        gy, gx = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32),
+                                indexing="ij")
+        xy = (p[..., :2] * 2 - 0.5 + torch.stack((gx, gy), -1)) * stride
+        wh = (p[..., 2:4] * 2) ** 2 * torch.tensor(anchors, dtype=torch.float32).view(3, 1, 1, 2)
+        out.append(torch.cat((xy, wh, p[..., 4:]), -1).reshape(bs, -1, no))
+    return torch.cat(out, 1)
+
+
+def _conv_outputs(det):
+    """Hooks recording the head convs' outputs (the maps before any decode)."""
+    maps = [None] * det.nl
+    handles = [m.register_forward_hook(lambda mod, i, o, k=k: maps.__setitem__(k, o)) for k, m in enumerate(det.m)]
+    return maps, handles
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_detect_eval_decode_matches_the_formulas_and_the_export_path(bf16):
+    """The one-pass in-place eval decode gives the straightforward decode's numbers (fp32: 1e-6), the export
+    path (out of place) the same, the raw maps are the conv outputs as (bs, na, ny, nx, no) in eval and
+    training; under CPU bf16 autocast the
+    bf16 conv outputs are decoded in fp32."""
+    torch.manual_seed(0)
+    model = Model("yolov5n.yaml").eval()
+    det = model.model[-1]
+    assert det.inplace and not det.export
+    x = torch.rand(2, 3, 64, 96)
+    maps, handles = _conv_outputs(det)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y, raw = model(x)
+        captured = list(maps)
+        det.export = True
+        try:
+            y_export = model(x)
+        finally:
+            det.export = False
+        model.train()
+        train_out = model(x)  # batch statistics: other maps, recorded again
+        train_maps = list(maps)
+        model.eval()
+    for h in handles:
+        h.remove()
+    assert all(m.dtype == (torch.bfloat16 if bf16 else torch.float32) for m in captured)
+    ref = _reference_decode(captured)
+    assert y.dtype == torch.float32 and y.shape == (2, 3 * (8 * 12 + 4 * 6 + 2 * 3), 85)
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
+    if not bf16:  # the export path decodes in the maps' dtype (as v6.1), bf16 there
+        torch.testing.assert_close(y_export, ref, rtol=1e-6, atol=1e-6)
+    def as_5d(m):
+        bs, _, ny, nx = m.shape
+        return m.view(bs, 3, 85, ny, nx).permute(0, 1, 3, 4, 2)
+
+    assert all(torch.equal(r, as_5d(m)) for r, m in zip(raw, captured))
+    assert all(torch.equal(t, as_5d(m)) for t, m in zip(train_out, train_maps))
