@@ -144,8 +144,9 @@ def run_batches(backend, dataloader, tally: Tally, out: Writers, settings: ValSe
 
 # ------------------------------------------------------------------------------------------ summary --
 
-def summarise(tally: Tally, names: list, plots: bool, save_dir: Path) -> dict:
-    """ap_per_class over everything seen -> P, R, mAP50, mAP50-95 (class means) and per-class arrays."""
+def summarise(tally: Tally, names: list, plots: bool, save_dir: Path, submit=None) -> dict:
+    """ap_per_class over everything seen -> P, R, mAP50, mAP50-95 (class means) and per-class arrays.
+    plots: the PR/F1/P/R curves, drawn through submit(fn, *args) when given."""
     nc = tally.nc
     res = dict(mp=0.0, mr=0.0, map50=0.0, map=0.0, ap_class=np.zeros(0, int), nt=np.zeros(nc, int))
     if not tally.stats:
@@ -154,7 +155,8 @@ def summarise(tally: Tally, names: list, plots: bool, save_dir: Path) -> dict:
     res["nt"] = np.bincount(stats[3].astype(np.int64), minlength=nc)
     if stats[0].any():
         # P and R at the smoothed-F1 peak, as YOLOv5 now (see utils/eval/metrics.py)
-        _, _, p, r, _, ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names)
+        _, _, p, r, _, ap, ap_class = ap_per_class(*stats, plot=plots, save_dir=save_dir, names=names,
+                                                   submit=submit)
         ap50, ap = ap[:, 0], ap.mean(1)
         res.update(mp=p.mean(), mr=r.mean(), map50=ap50.mean(), map=ap.mean(), p=p, r=r, ap50=ap50, ap=ap,
                    ap_class=ap_class)

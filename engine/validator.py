@@ -23,6 +23,7 @@ from utils.callbacks import Callbacks
 from utils.eval.metrics import ConfusionMatrix, fitness
 from utils.eval.val_outputs import BatchPlotter, CocoJson
 from utils.log import LOGGER, colorstr
+from utils.plot_workers import PlotWorkers
 from utils.torch_utils import check_img_size, select_device
 from utils.train.results import METRIC_KEYS, VAL_LOSS_KEYS
 
@@ -143,18 +144,20 @@ def _evaluate(backend, dataloader, data: dict, outputs: ValOutputs, settings: Va
     names = class_names(backend.names, data.get("names"), nc)
     save_dir, plots = Path(outputs.save_dir), outputs.plots
     tally = Tally(nc, backend.device, ConfusionMatrix(nc=nc) if plots else None)
-    out = Writers(save_dir, names, outputs.save_txt, outputs.save_conf, BatchPlotter(save_dir, names) if plots else None,
-                  CocoJson(data, dataloader.dataset) if outputs.save_json else None, callbacks or Callbacks())
-    run_batches(backend, dataloader, tally, out, settings, compute_loss)
-    res = summarise(tally, names, plots, save_dir)
-    print_results(res, tally, names, per_class)
-    speed = tuple(x / max(tally.seen, 1) * 1e3 for x in tally.dt)
-    if speed_shape is not None:
-        LOGGER.info(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {speed_shape}" % speed)
-    if plots:
-        tally.confusion.plot(save_dir=save_dir, names=names)
-        out.plots.join()
-    out.callbacks.run("on_val_end")
+    with PlotWorkers(processes=2 if plots else 0) as workers:  # forked now: they warm up during the first batches
+        out = Writers(save_dir, names, outputs.save_txt, outputs.save_conf,
+                      BatchPlotter(save_dir, names, workers) if plots else None,
+                      CocoJson(data, dataloader.dataset) if outputs.save_json else None, callbacks or Callbacks())
+        run_batches(backend, dataloader, tally, out, settings, compute_loss)
+        if plots:  # the biggest figure first: it draws while the curves are computed and the table printed
+            tally.confusion.plot(save_dir=save_dir, names=names, submit=workers.submit)
+        res = summarise(tally, names, plots, save_dir, submit=workers.submit)
+        print_results(res, tally, names, per_class)
+        speed = tuple(x / max(tally.seen, 1) * 1e3 for x in tally.dt)
+        if speed_shape is not None:
+            LOGGER.info(f"Speed: %.1fms pre-process, %.1fms inference, %.1fms NMS per image at shape {speed_shape}"
+                        % speed)
+    out.callbacks.run("on_val_end")  # after the plots are on disk (loggers may read them)
     if out.coco is not None and out.coco.results:
         _coco_check(out.coco, res, save_dir / f"{json_stem}_predictions.json")
     losses = (tally.loss.cpu() / max(len(dataloader), 1)).tolist()

@@ -85,7 +85,7 @@ def plot_images(images, targets, paths=None, fname="images.jpg", names=None, max
     Rows with a conf column are predictions: drawn when conf > 0.25 and labelled `name conf`.
     """
     images, targets = _to_numpy(images), _to_numpy(targets).reshape(-1, _to_numpy(targets).shape[-1] or 6)
-    if images.size and images.max() <= 1:
+    if images.dtype.kind == "f" and images.size and images.max() <= 1:  # [0, 1] floats; uint8 is drawn as is
         images = images * 255
     bs, _, h, w = images.shape
     bs = min(bs, max_subplots)

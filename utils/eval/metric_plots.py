@@ -24,7 +24,9 @@ def _new_axes(figsize=(9, 6)):
 def _save(fig: Figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=250)
+    # zlib level 1 instead of Pillow's 6: the same pixels, ~2x faster to write, files about as large (these
+    # are mostly flat colour)
+    fig.savefig(path, dpi=250, pil_kwargs={"compress_level": 1})
     return path
 
 

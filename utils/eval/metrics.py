@@ -172,7 +172,8 @@ def smooth(y: np.ndarray, fraction: float = 0.05) -> np.ndarray:
     return np.convolve(padded, np.ones(nf) / nf, mode="valid")
 
 
-def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names=(), eps=1e-16, f1_smooth=0.1):
+def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names=(), eps=1e-16, f1_smooth=0.1,
+                 submit=None):
     """Per-class AP, and P, R and F1 at one operating point.
 
     tp (n, 10) bool per prediction and IoU threshold; conf (n,); pred_cls (n,); target_cls (m,) the
@@ -180,7 +181,8 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
     Returns (tp, fp, p, r, f1, ap, unique_classes): tp/fp/p/r/f1 (k,) at the single confidence where the
     class-mean F1 (IoU 0.5), smoothed over `f1_smooth` of the 1000-point confidence grid, peaks
     (0.1: YOLOv5 now; 0: v6.1's raw peak); ap (k, 10); unique_classes (k,) int32.
-    plot=True writes PR_curve.png, F1_curve.png, P_curve.png, R_curve.png into save_dir.
+    plot=True writes PR_curve.png, F1_curve.png, P_curve.png, R_curve.png into save_dir, each through
+    submit(fn, *args) when given (e.g. utils.plot_workers.PlotWorkers.submit, which draws in the background).
     """
     tp, conf, pred_cls, target_cls = (_numpy(a) for a in (tp, conf, pred_cls, target_cls))
     tp, conf = tp.astype(np.float64), conf.astype(np.float64)
@@ -215,7 +217,7 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
 
     f1 = 2 * p * r / (p + r + eps)
     if plot:
-        _plot_curves(px, py, ap, f1, p, r, Path(save_dir), _names_of(names, unique_classes))
+        _plot_curves(px, py, ap, f1, p, r, Path(save_dir), _names_of(names, unique_classes), submit)
     best = smooth(f1.mean(0), f1_smooth).argmax()
     p, r, f1 = p[:, best], r[:, best], f1[:, best]
     tp_count = (r * nt).round()
@@ -223,14 +225,24 @@ def ap_per_class(tp, conf, pred_cls, target_cls, plot=False, save_dir=".", names
     return tp_count, fp_count, p, r, f1, ap, unique_classes.astype("int32")
 
 
-def _plot_curves(px, py, ap, f1, p, r, save_dir: Path, names: dict) -> None:
-    from utils.eval.metric_plots import plot_mc_curve, plot_pr_curve
-
+def _plot_curves(px, py, ap, f1, p, r, save_dir: Path, names: dict, submit=None) -> None:
+    submit = submit or _run_now
     if len(py):
-        plot_pr_curve(px, py, ap, save_dir / "PR_curve.png", names)
-    plot_mc_curve(px, f1, save_dir / "F1_curve.png", names, ylabel="F1")
-    plot_mc_curve(px, p, save_dir / "P_curve.png", names, ylabel="Precision")
-    plot_mc_curve(px, r, save_dir / "R_curve.png", names, ylabel="Recall")
+        submit(_draw, "plot_pr_curve", px, py, ap, save_dir / "PR_curve.png", names)
+    submit(_draw, "plot_mc_curve", px, f1, save_dir / "F1_curve.png", names, ylabel="F1")
+    submit(_draw, "plot_mc_curve", px, p, save_dir / "P_curve.png", names, ylabel="Precision")
+    submit(_draw, "plot_mc_curve", px, r, save_dir / "R_curve.png", names, ylabel="Recall")
+
+
+def _run_now(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
+def _draw(name: str, *args, **kwargs):
+    """utils.eval.metric_plots.<name>(*args): imported where it runs, so a process that hands its plots to
+    workers never imports matplotlib (~0.5 s)."""
+    from utils.eval import metric_plots
+    return getattr(metric_plots, name)(*args, **kwargs)
 
 
 def fitness(x: np.ndarray) -> np.ndarray:
@@ -281,12 +293,13 @@ class ConfusionMatrix:
         fp = self.matrix.sum(1) - tp
         return tp[:-1], fp[:-1]
 
-    def plot(self, normalize: bool = True, save_dir=".", names=()) -> Path:
-        """Write save_dir/confusion_matrix.png (columns normalised to 1 when normalize)."""
-        from utils.eval.metric_plots import plot_confusion_matrix
-
+    def plot(self, normalize: bool = True, save_dir=".", names=(), submit=None) -> Path:
+        """Write save_dir/confusion_matrix.png (columns normalised to 1 when normalize); through
+        submit(fn, *args) when given (see ap_per_class), else now."""
         names = list(names.values()) if isinstance(names, dict) else list(names)
-        return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names, normalize)
+        path = Path(save_dir) / "confusion_matrix.png"
+        (submit or _run_now)(_draw, "plot_confusion_matrix", self.matrix.copy(), path, names, normalize)
+        return path
 
     def print(self) -> None:
         from utils.log import LOGGER

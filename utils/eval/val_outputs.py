@@ -4,7 +4,6 @@ Kept out of val.py so the validation loop reads as its steps; every function her
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,35 +38,34 @@ def output_to_target(output: list[torch.Tensor]) -> np.ndarray:
 
 
 class BatchPlotter:
-    """val_batch{i}_labels.jpg / val_batch{i}_pred.jpg for the first `n` batches, drawn in background
-    threads (cv2 drawing releases the GIL) so they overlap with inference; join() before returning."""
+    """val_batch{i}_labels.jpg / val_batch{i}_pred.jpg for the first `n` batches, drawn by `workers` (a
+    utils.plot_workers.PlotWorkers: in worker processes, overlapping with inference); the caller joins them."""
 
-    def __init__(self, save_dir: Path, names, n: int = 3):
-        self.save_dir, self.names, self.n = Path(save_dir), list(names), n
-        self.threads: list[threading.Thread] = []
+    def __init__(self, save_dir: Path, names, workers, n: int = 3, max_subplots: int = 16):
+        self.save_dir, self.names, self.workers, self.n = Path(save_dir), list(names), workers, n
+        self.max_subplots = max_subplots
 
     def add(self, batch_i: int, im: torch.Tensor, targets: torch.Tensor, paths, preds) -> None:
         if batch_i >= self.n:
             return
-        from utils.plots import plot_images
+        # only the images the mosaic shows, as the uint8 plot_images makes of [0, 1] floats (x255, truncated):
+        # a quarter of the bytes to send
+        k = self.max_subplots
+        im = im[:k].detach().cpu()
+        im = (im.float() * 255).to(torch.uint8) if im.is_floating_point() else im
+        targets, preds = targets.detach().cpu(), output_to_target(preds[:k])
+        for rows, fname in ((targets, f"val_batch{batch_i}_labels.jpg"), (preds, f"val_batch{batch_i}_pred.jpg")):
+            self.workers.submit(_plot_images, im.numpy(), _numpy_rows(rows), list(paths[:k]), self.save_dir / fname,
+                                self.names)
 
-        im, targets, preds = im.detach().cpu(), targets.detach().cpu(), output_to_target(preds)
-        jobs = ((targets, f"val_batch{batch_i}_labels.jpg"), (preds, f"val_batch{batch_i}_pred.jpg"))
-        for rows, fname in jobs:
-            t = threading.Thread(target=self._plot, args=(plot_images, im, rows, paths, fname), daemon=True)
-            t.start()
-            self.threads.append(t)
 
-    def _plot(self, plot_images, im, rows, paths, fname) -> None:
-        try:
-            plot_images(im, rows, paths, self.save_dir / fname, self.names)
-        except Exception as e:  # a plot must never fail the validation it illustrates
-            LOGGER.warning(f"WARNING: {fname} not written ({type(e).__name__}: {e})")
+def _plot_images(*args):
+    from utils.plots import plot_images  # imported in the worker that draws
+    plot_images(*args)
 
-    def join(self) -> None:
-        for t in self.threads:
-            t.join()
-        self.threads.clear()
+
+def _numpy_rows(rows) -> np.ndarray:
+    return rows.numpy() if isinstance(rows, torch.Tensor) else rows
 
 
 # ------------------------------------------------------------------------------------------ COCO --
