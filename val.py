@@ -133,4 +133,9 @@ def main(opt: argparse.Namespace):
 
 if __name__ == "__main__":
     from utils.cli import run_cli
+    from utils.cpu_alloc import keep_freed_memory
+
+    # the whole process is this validation: keep its large activations' pages between batches (a process-wide
+    # allocator setting, so only here and not in run(), which a training or a notebook may call)
+    keep_freed_memory(large=True)
     run_cli(lambda: main(parse_opt()))
