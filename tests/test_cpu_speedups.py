@@ -139,3 +139,14 @@ def test_cpu_alloc_imports_no_torch_and_sets_a_passive_omp_default():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
 
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_val_model_input_is_the_plain_division_and_leaves_a_float_batch_alone(channels_last):
+    from engine.val_loop import model_input
+    im = torch.randint(0, 256, (2, 3, 8, 12), dtype=torch.uint8)
+    x = model_input(im, torch.device("cpu"), False, channels_last)
+    assert x.dtype == torch.float32 and torch.equal(x, im.float() / 255)
+    assert x.is_contiguous(memory_format=torch.channels_last) == channels_last
+    f = im.float()
+    y = model_input(f, torch.device("cpu"), False, channels_last)
+    assert torch.equal(f, im.float()) and torch.equal(y, x)  # the caller's float tensor is not divided in place

@@ -16,6 +16,7 @@ class Backend:
     """What every backend shares: the shape rules and warmup."""
 
     pt, dynamic, input_shape = False, True, (None, 3, None, None)
+    channels_last = False  # True: the model wants NHWC input (val's pre-processing reorders the uint8 batch)
     device: torch.device
     fp16: bool
     path: Path | str = "model"
