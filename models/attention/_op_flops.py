@@ -7,7 +7,10 @@ utils.flops.count_flops. Each rule gets the shapes of the op's arguments and `ou
 from __future__ import annotations
 
 import torch
-import torchvision  # noqa: F401  (registers torch.ops.torchvision.*)
+
+from utils.tv_ops import load_torchvision_ops
+
+load_torchvision_ops()  # registers torch.ops.torchvision.* without `import torchvision` (~1.5 s: it loads torch._dynamo)
 
 
 def grid_sampler_flops(input_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
