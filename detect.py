@@ -41,7 +41,7 @@ from utils.log import LOGGER, colorstr  # noqa: E402
 from utils.eval.nms import non_max_suppression  # noqa: E402
 from utils.run_dirs import increment_path  # noqa: E402
 from utils.data.sources import Frame, load_source  # noqa: E402
-from utils.torch_utils import check_img_size, cpu_threads, select_device  # noqa: E402
+from utils.torch_utils import autocast_for, check_bf16, check_img_size, cpu_threads, select_device  # noqa: E402
 
 
 @dataclass
@@ -168,13 +168,15 @@ def run(weights="yolov5s.pt", source=ROOT / "data/images", imgsz=(640, 640), con
         max_det=1000, device="", view_img=False, save_txt=False, save_conf=False, save_crop=False, nosave=False,
         classes=None, agnostic_nms=False, augment=False, visualize=False, project=ROOT / "runs/detect", name="exp",
         exist_ok=False, line_thickness=3, hide_labels=False, hide_conf=False, half=False, dnn=False, data=None,
-        vid_stride=1) -> Path:
+        vid_stride=1, bf16=False) -> Path:
     """Detect objects in `source`; returns the run directory (annotated files, labels/, crops/, and with
-    `visualize` one folder of feature and attention maps per picture)."""
+    `visualize` one folder of feature and attention maps per picture). bf16: CPU bfloat16 autocast (.pt only)."""
     device = select_device(device)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     (save_dir / "labels" if save_txt else save_dir).mkdir(parents=True, exist_ok=True)
     backend = load_backend(weights, device, half=half, dnn=dnn)
+    if bf16:
+        check_bf16(device, backend.pt, half)
     imgsz = check_img_size([imgsz, imgsz] if isinstance(imgsz, int) else list(imgsz), backend.stride)
     backend.check_imgsz(imgsz)  # a static export: --imgsz must be its size
     # minimal (stride-multiple) padding needs a model that takes any (h, w): PyTorch or a dynamic export
@@ -190,7 +192,8 @@ def run(weights="yolov5s.pt", source=ROOT / "data/images", imgsz=(640, 640), con
             im = torch.from_numpy(frame.im).to(device)
             im = (im.half() if backend.fp16 else im.float()) / 255
             t2 = _time(device)
-            pred = backend(im, augment=augment)[0]
+            with autocast_for(device, bf16):
+                pred = backend(im, augment=augment)[0]
             t3 = _time(device)
             with cpu_threads(1, device):
                 preds = non_max_suppression(pred, conf_thres, iou_thres, classes, agnostic_nms, max_det=max_det)
@@ -242,6 +245,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--hide-labels", default=False, action="store_true", help="hide labels")
     p.add_argument("--hide-conf", default=False, action="store_true", help="hide confidences")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast on CPU (.pt weights; on CUDA use --half)")
     p.add_argument("--dnn", action="store_true", help="accepted for YOLOv5 compatibility and ignored (warns): "
                    ".onnx runs on onnxruntime")
     p.add_argument("--data", type=str, default=None, help="dataset.yaml whose class names a model without names uses")

@@ -37,7 +37,7 @@ def run(data=None, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou
         task="val", device="", workers=8, single_cls=False, augment=False, verbose=False, save_txt=False,
         save_hybrid=False, save_conf=False, save_json=False, project=ROOT / "runs/val", name="exp", exist_ok=False,
         half=None, dnn=False, model=None, dataloader=None, save_dir=Path(""), plots=True, callbacks=None,
-        compute_loss=None):
+        compute_loss=None, bf16=False):
     """YOLOv5's val.run -> ((P, R, mAP50, mAP50-95, box, obj, cls), per-class mAP50-95 (nc,), (pre, inf, NMS)
     ms/img). The same figures by name: engine.validator.validate_weights / validate_model -> ValResult.
 
@@ -45,10 +45,11 @@ def run(data=None, weights=None, batch_size=32, imgsz=640, conf_thres=0.001, iou
     project/name. YOLOv5's training call, `model` and `dataloader` (+ compute_loss, save_dir), is
     validate_model; fp16 then defaults to CUDA only (as v6.1), elsewhere only when half=True. Without `data`
     one of our checkpoints is validated on the dataset it was trained on, other weights on coco128.yaml.
+    bf16: CPU bfloat16 autocast for the forward (.pt on CPU only; fp16 on CUDA is `half`).
     """
     if data is None and model is None:
         data = data_for_weights(weights)
-    settings = ValSettings(conf_thres, iou_thres, max_det, single_cls, augment, save_hybrid)
+    settings = ValSettings(conf_thres, iou_thres, max_det, single_cls, augment, save_hybrid, bool(bf16))
     if model is not None:
         outputs = ValOutputs(Path(save_dir), plots, save_txt, save_conf, save_json, verbose)
         result = validate_model(model, dataloader, data, outputs, settings=settings, compute_loss=compute_loss,
@@ -89,6 +90,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast on CPU (.pt weights; on CUDA use --half)")
     p.add_argument("--dnn", action="store_true", help="accepted for YOLOv5 compatibility and ignored (warns): "
                    ".onnx runs on onnxruntime")
     opt = p.parse_args(argv)

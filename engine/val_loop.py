@@ -16,7 +16,7 @@ from utils.eval.metrics import IOU_THRESHOLDS, ConfusionMatrix, ap_per_class, ma
 from utils.eval.nms import NMSStats, non_max_suppression
 from utils.eval.val_outputs import BatchPlotter, CocoJson, save_one_txt
 from utils.log import LOGGER
-from utils.torch_utils import cpu_threads
+from utils.torch_utils import autocast_for, cpu_threads
 
 HEADER = ("%20s" + "%11s" * 6) % ("Class", "Images", "Labels", "P", "R", "mAP@.5", "mAP@.5:.95")
 ROW = "%20s" + "%11i" * 2 + "%11.3g" * 4
@@ -31,6 +31,7 @@ class ValSettings:
     single_cls: bool = False
     augment: bool = False  # test-time augmentation
     save_hybrid: bool = False  # the labels join the predictions (a sanity ceiling, not a measurement)
+    bf16: bool = False  # CPU bfloat16 autocast for the forward (utils.torch_utils.check_bf16 says where it runs)
 
 
 @dataclass
@@ -135,7 +136,8 @@ def run_batches(backend, dataloader, tally: Tally, out: Writers, settings: ValSe
         nb, _, height, width = im.shape
         t2 = time_sync(device)
         tally.dt[0] += t2 - t1
-        pred, raw = backend(im, augment=s.augment)
+        with autocast_for(device, s.bf16):  # Detect decodes bf16 maps in fp32: pred stays fp32
+            pred, raw = backend(im, augment=s.augment)
         tally.dt[1] += time_sync(device) - t2
         if compute_loss is not None and raw is not None:
             tally.loss += compute_loss([x.float() for x in raw], targets)[1]  # box, obj, cls

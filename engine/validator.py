@@ -24,7 +24,7 @@ from utils.eval.metrics import ConfusionMatrix, fitness
 from utils.eval.val_outputs import BatchPlotter, CocoJson
 from utils.log import LOGGER, colorstr
 from utils.plot_workers import PlotWorkers
-from utils.torch_utils import check_img_size, select_device
+from utils.torch_utils import check_bf16, check_img_size, select_device
 from utils.train.results import METRIC_KEYS, VAL_LOSS_KEYS
 
 SPLITS = ("train", "val", "test")
@@ -92,6 +92,8 @@ def validate_model(model: torch.nn.Module, dataloader, data: dict, outputs: ValO
     """
     was_training = model.training
     half = next(model.parameters()).device.type == "cuda" if half is None else half
+    if settings.bf16:
+        check_bf16(next(model.parameters()).device, True, half)
     backend = wrap_model(model.eval(), half=half)
     try:
         return _evaluate(backend, dataloader, data, outputs, settings, callbacks, compute_loss,
@@ -118,6 +120,8 @@ def validate_weights(weights, data, outputs: ValOutputs, *, batch_size: int = 32
 
     data = check_dataset(data)  # before the model: a wrong path fails fast
     backend = load_backend(weights, device, half=bool(half), dnn=dnn)
+    if settings.bf16:
+        check_bf16(device, backend.pt, bool(half))
     if not settings.single_cls and backend.nc != data["nc"]:
         raise InputError(f"{weights} has {backend.nc} classes but --data {data.get('yaml_file')} has {data['nc']}; "
                          "pass the dataset the model was trained on, or --single-cls")

@@ -177,3 +177,16 @@ def test_detect_on_exported_onnx_and_torchscript(tmp_path, weights, odd_images, 
     assert any(" 64x64 " in line for line in log_lines)  # full square letterbox
     with pytest.raises(ValueError, match=r"exported for image size 64x64 .* --imgsz is 96x96"):
         detect.run(weights=str(static), source=odd_images, imgsz=96, device="cpu", project=tmp_path / "runs")
+
+
+def test_detect_bf16_writes_its_outputs(tmp_path, weights, odd_images):
+    opt = detect.parse_opt(["--weights", str(weights), "--source", str(odd_images), "--img", "64", "--conf-thres",
+                            "0", "--max-det", "3", "--save-txt", "--device", "cpu", "--project",
+                            str(tmp_path / "runs"), "--bf16"])
+    assert opt.bf16
+    save_dir = detect.main(opt)
+    assert sorted(p.name for p in save_dir.glob("*.*g")) == ["colour.jpg", "deep.png", "gray.png", "rgba.png"]
+    txts = sorted(save_dir.glob("labels/*.txt"))
+    assert len(txts) == 4
+    rows = np.loadtxt(txts[0], ndmin=2)
+    assert rows.shape == (3, 5) and np.isfinite(rows).all() and (rows[:, 1:5] >= 0).all() and (rows[:, 1:5] <= 1).all()

@@ -212,3 +212,43 @@ def test_load_backend_refuses_unknown_formats_and_mixed_ensembles(tmp_path, weig
     b = load_backend(weights, cpu)
     assert (b.pt, b.dynamic, b.input_shape, b.nc, b.names) == (True, True, (None, 3, None, None), 2, NAMES)
     assert b.batch_size_for(5, 96) == 5 and b.forward(torch.zeros(1, 3, 64, 96)).shape[-1] == 7
+
+
+# ----------------------------------------------------------------------------------------------- bf16 --
+
+def test_bf16_val_runs_close_to_fp32_and_refuses_what_it_cannot_do(tmp_path, weights):
+    """--bf16 (CPU autocast) on the synthetic set: the same images and labels seen, figures close to fp32's;
+    with --half, on an export, or on a GPU it is one InputError naming the fix."""
+    from utils.cli import InputError
+    from utils.torch_utils import check_bf16
+
+    data, _ = make_dataset(tmp_path / "ds")
+    kw = dict(data=str(data), weights=str(weights), imgsz=128, batch_size=4, device="cpu", workers=0,
+              project=tmp_path / "runs", plots=False)
+    fp32 = val.run(**kw, name="fp32")
+    opt = val.parse_opt(["--data", str(data), "--weights", str(weights), "--img", "128", "--batch-size", "4",
+                         "--device", "cpu", "--workers", "0", "--project", str(tmp_path / "runs"), "--name", "bf16",
+                         "--bf16"])
+    assert opt.bf16
+    bf16 = val.main(opt)
+    assert np.allclose(bf16[0][:4], fp32[0][:4], atol=0.02), (bf16[0], fp32[0])
+    with pytest.raises(InputError, match="--half and --bf16"):
+        val.run(**kw, name="both", bf16=True, half=True)
+    with pytest.raises(InputError, match="on cuda use --half"):
+        check_bf16(torch.device("cuda"), True, False)
+    with pytest.raises(InputError, match=r"PyTorch weights \(\.pt\) only"):
+        check_bf16(torch.device("cpu"), False, False)
+
+
+def test_bf16_val_of_the_official_yolov5n_on_coco8_is_within_001_of_fp32(tmp_path, shared_dir, official_weights):
+    coco8 = shared_dir / "datasets" / "coco8"
+    if not (coco8 / "images" / "val").is_dir():
+        pytest.skip("coco8 is not present")
+    names = yaml.safe_load((val.ROOT / "data" / "coco128.yaml").read_text())["names"]
+    data = {"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}
+    kw = dict(data=data, weights=str(official_weights), imgsz=320, device="cpu", workers=0, plots=False,
+              project=tmp_path / "r")
+    fp32, _, _ = val.run(**kw, name="fp32")
+    bf16, _, _ = val.run(**kw, name="bf16", bf16=True)
+    assert fp32[3] > 0.2 and bf16[3] > 0.2
+    assert abs(bf16[3] - fp32[3]) <= 0.01 and abs(bf16[2] - fp32[2]) <= 0.02, (bf16, fp32)

@@ -152,3 +152,22 @@ def try_channels_last(model: nn.Module, probe: torch.Tensor) -> bool:
         return False
     finally:
         model.train(was_training)
+
+
+def autocast_for(device: torch.device, bf16: bool = False, cuda_amp: bool = False):
+    """The autocast context of a run, one rule for train/val/detect: fp16 AMP on CUDA when cuda_amp (training on
+    a GPU, as YOLOv5), bfloat16 on CPU when bf16 (--bf16), else a disabled context (fp32 or the model's dtype)."""
+    if cuda_amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16) and device.type == "cpu")
+
+
+def check_bf16(device: torch.device, pt: bool, half: bool) -> None:
+    """--bf16 for inference (val/detect) is CPU autocast over PyTorch weights; anything else is one clear line."""
+    if device.type != "cpu":
+        raise InputError(f"--bf16 is bfloat16 autocast on CPU; on {device.type} use --half (fp16), or --device cpu")
+    if half:
+        raise InputError("--half and --bf16 exclude each other: --bf16 for CPU, --half (fp16) for CUDA")
+    if not pt:
+        raise InputError("--bf16 runs PyTorch weights (.pt) only; an exported model runs in its own precision "
+                         "(export with --half for fp16)")

@@ -16,15 +16,14 @@ from engine.trainer.seeds import seed_epoch
 from engine.trainer.state import TrainState
 from utils.log import LOGGER
 from utils.train.image_weights import labels_to_image_weights
+from utils.torch_utils import autocast_for
 from utils.train.optim import accumulate_steps, apply_warmup
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before training stops
 
 
 def autocast(state: TrainState):
-    if state.cuda:
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(state.opt.bf16))
+    return autocast_for(state.device, bf16=state.opt.bf16, cuda_amp=True)
 
 
 def optimizer_step(state: TrainState) -> None:
