@@ -18,6 +18,7 @@ import torch.nn as nn
 import yaml
 
 from models.config import MODELS_DIR, apply_scale
+from utils.export_checks import layer_inputs
 from utils.flops import count_flops
 from utils.log import LOGGER
 
@@ -29,23 +30,6 @@ def _sync(device: torch.device) -> None:
 
 def _copy(x):
     return list(x) if isinstance(x, list) else x  # Detect writes into its input list
-
-
-def layer_inputs(model: nn.Module, im: torch.Tensor) -> list:
-    """The input each top-level layer gets in one forward of `im` (list inputs for Concat/Detect)."""
-    seen: dict[int, object] = {}
-
-    def keep(m, args):  # returns None: a pre-hook's return value would replace the layer's input
-        seen.setdefault(m.i, _copy(args[0]))
-
-    hooks = [m.register_forward_pre_hook(keep) for m in model.model]
-    try:
-        with torch.no_grad():
-            model(im)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [seen[m.i] for m in model.model]
 
 
 @dataclass
@@ -63,8 +47,9 @@ def profile_layers(model: nn.Module, im: torch.Tensor, runs: int = 10) -> list[L
     model.eval()
     rows = []
     try:
-        inputs = layer_inputs(model, im)
-        for m, x in zip(model.model, inputs):
+        inputs = layer_inputs(model, im)  # {layer index: its forward args}
+        for m in model.model:
+            x = inputs[m.i][0]
             try:
                 gflops = count_flops(m, (_copy(x),)) / 1e9
             except Exception as e:  # reported in the row, the timing still runs

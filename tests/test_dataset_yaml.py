@@ -106,11 +106,16 @@ def test_shipped_coco128_yaml(coco128_dir):
 
 def test_yolov5_shared_is_where_datasets_are_found(tmp_path, monkeypatch):
     """$YOLOV5_SHARED/datasets/<name> is searched before ../shared, as the test fixtures do."""
-    root = tmp_path / "elsewhere" / "datasets" / "coco128"
+    # A name no real folder beside the repo has (a user's ../datasets/coco128 is rightly found first).
+    name = "yolov5_shared_probe_set"
+    root = tmp_path / "elsewhere" / "datasets" / name
     (root / "images" / "train2017").mkdir(parents=True)
+    yaml_file = tmp_path / "cfg" / "probe.yaml"
+    yaml_file.parent.mkdir()
+    yaml_file.write_text(f"path: ../datasets/{name}\ntrain: images/train2017\nval: images/train2017\nnames: [a]\n")
     monkeypatch.setenv("YOLOV5_SHARED", str(tmp_path / "elsewhere"))
     monkeypatch.chdir(tmp_path)
-    d = check_dataset("coco128.yaml")
+    d = check_dataset(str(yaml_file))
     assert Path(d["path"]) == root.resolve() and Path(d["train"]) == root.resolve() / "images" / "train2017"
 
 
