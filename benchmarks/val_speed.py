@@ -5,6 +5,7 @@ Usage:
     python benchmarks/val_speed.py --weights ../shared/weights/yolov5n.pt --data data/coco128.yaml
     python benchmarks/val_speed.py --runs 3 --img 320 -- --device cpu      # args after -- go to val.py
     python benchmarks/val_speed.py --runs 3 --official ../yolov5-v7.0      # side by side, alternating
+    python benchmarks/val_speed.py --runs 3 --bf16 --official ../yolov5-v7.0   # + ours with --bf16 (CPU autocast)
 
 The speed of this 2-core VM drifts by +-20% within minutes, so the official figure quoted in issue 6
 is no reference for a run on another day. --official runs an official YOLOv5 checkout's val.py
@@ -60,9 +61,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--runs", type=int, default=1, help="repeat and report each run and the fastest")
     p.add_argument("--project", default="/tmp/val_speed_runs", help="where val.py writes its run folders")
     p.add_argument("--official", nargs="*", default=[], help="official YOLOv5 checkouts to time side by side")
+    p.add_argument("--bf16", action="store_true", help="also time ours with val.py --bf16 (CPU autocast)")
     opt = p.parse_args(argv)
     args = ["--weights", opt.weights, "--img", str(opt.img), "--batch", str(opt.batch), "--project", opt.project, *extra]
     commands = {"ours": [sys.executable, str(ROOT / "val.py"), "--data", opt.data, *args]}
+    if opt.bf16:
+        commands["ours-bf16"] = [*commands["ours"], "--bf16"]
     with tempfile.TemporaryDirectory() as tmp:
         if opt.official:
             data = private_dataset_copy(opt.data, Path(tmp))
@@ -83,7 +87,7 @@ def main(argv=None) -> list[dict]:
     medians = {name: statistics.median(r["wall"] for r in rs) for name, rs in results.items()}
     print(f"\nmedian end to end over {opt.runs} run(s) on {os.cpu_count()} CPU cores:")
     for name, wall in medians.items():
-        ratios = "".join(f", {medians[ref] / wall:.2f}x vs {ref}" for ref in medians if ref != name and name == "ours")
+        ratios = "".join(f", {medians[ref] / wall:.2f}x vs {ref}" for ref in medians if not ref.startswith("ours") and name.startswith("ours"))
         print(f"  {name:>12}: {wall:5.1f} s ({results[name][0]['images'] / wall:.2f} images/s){ratios}")
     return results
 
