@@ -88,3 +88,8 @@ class Detect(nn.Module):
         grid = torch.stack((xv, yv), 2).view(1, 1, ny, nx, 2)
         anchor_grid = (self.anchors[i] * self.stride[i]).to(d, t).view(1, self.na, 1, 1, 2)
         return grid, anchor_grid
+
+
+# Pickles of a whole model (YOLOv5's checkpoint format, which official code and our importer read) name the class
+# by the path YOLOv5 has always had, models.yolo.Detect; models/yolo.py re-exports it there.
+Detect.__module__ = "models.yolo"
