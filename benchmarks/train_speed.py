@@ -121,7 +121,7 @@ def launch(args, mode: str, repo: str, coco128: Path) -> dict:
     cmd = [sys.executable, __file__, "--mode", mode, "--repo", repo, *[f"--{k}={v}" for k, v in
            dict(epochs=args.epochs, cfg=args.cfg, imgsz=args.imgsz, batch=args.batch, workers=args.workers,
                 coco128=coco128).items()]]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not line:
