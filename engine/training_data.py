@@ -49,7 +49,9 @@ def data_for_weights(weights, default: Path = DEFAULT_DATA):
         return str(default)
     if isinstance(data, dict):
         LOGGER.info(f"--data not given: using the dataset dict {w} was trained on")
-        return data
+        # A checkpoint is a file that travels: what it records may be read, never used to write. `generate`
+        # would render a synthetic set at the dict's `path`; without it a missing set is reported, not made.
+        return {k: v for k, v in data.items() if k != "generate"}
     names = list(ckpt.get("names") or [])
     tried = _candidates(str(data), w)
     found = next((c for c in tried if c.is_file()), None)

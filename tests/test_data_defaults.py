@@ -103,6 +103,9 @@ def test_without_a_record_yolov5s_default_stays(trained, tmp_path, official_weig
     d = {"path": "x", "train": "a", "val": "a", "names": NAMES}
     w = save_checkpoint(make_checkpoint(trained["model"], opt={"data": d}, half=False), tmp_path / "dict.pt")
     assert data_for_weights(w) == d  # trained on a dict (train.run(data={...})): that dict
+    recorded = {**d, "generate": "shapes", "path": str(tmp_path / "not_made")}  # a dict that would write files
+    w = save_checkpoint(make_checkpoint(trained["model"], opt={"data": recorded}, half=False), tmp_path / "gen.pt")
+    assert data_for_weights(w) == {k: v for k, v in recorded.items() if k != "generate"}
     w = save_checkpoint(make_checkpoint(trained["model"], half=False), tmp_path / "bare.pt")
     assert data_for_weights(w) == str(DEFAULT_DATA)  # no record
     assert data_for_weights(official_weights) == str(DEFAULT_DATA)  # official weights: coco128.yaml
