@@ -143,3 +143,21 @@ def import_baseline(script: str) -> int:
         assert r.rc == 0, r.stderr[-2000:]
         _BASELINES[script] = r.peak
     return _BASELINES[script]
+
+
+def both_formulations(m, x):
+    """(output, input grad, {param: grad}) with every block's `explicit_attention` switch on, then off (the fused
+    or query-blocked kernels), same weights and the same output gradient."""
+    import torch
+
+    runs = []
+    for explicit in (True, False):
+        for sub in m.modules():
+            if hasattr(type(sub), "explicit_attention"):
+                sub.explicit_attention = explicit
+        m.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_(True)
+        y = m(xg)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5)))
+        runs.append((y.detach(), xg.grad, {n: p.grad for n, p in m.named_parameters()}))
+    return runs

@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from conftest import both_formulations
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import models.attention._chunked_attention as chunked
@@ -67,21 +68,6 @@ def test_kernel_masked_keys(small_blocks):
     for a, w in zip(torch.autograd.grad(got.square().sum(), (q, k, v, table)),
                     torch.autograd.grad(want.square().sum(), (q, k, v, table))):
         assert rel(a, w) < 1e-5
-
-
-def both_formulations(m: torch.nn.Module, x: torch.Tensor):
-    """(output, input grad, {param: grad}) for the explicit and the chunked formulation, same weights."""
-    runs = []
-    for explicit_attention in (True, False):
-        for sub in m.modules():
-            if isinstance(sub, CascadedGroupAttention):
-                sub.explicit_attention = explicit_attention
-        m.zero_grad(set_to_none=True)
-        xg = x.clone().requires_grad_(True)
-        y = m(xg)
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5)))
-        runs.append((y.detach(), xg.grad, {n: p.grad for n, p in m.named_parameters()}))
-    return runs
 
 
 @pytest.mark.parametrize("args,shape", [((64, 16, 4, 1, 7), (2, 64, 9, 13)),  # head width = key_dim: SDPA flash

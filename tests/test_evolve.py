@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import yaml
 
-from utils.train.evolve_math import (META, RESULT_COLUMNS, append_generation, best_generation, constrain, fitness,
-                                     mutate, next_hyperparameters, read_generations, select_parent, write_best_yaml)
+from utils.eval.metrics import fitness
+from utils.train.evolve_math import (META, RESULT_COLUMNS, append_generation, best_generation, constrain, mutate,
+                                     next_hyperparameters, read_generations, select_parent, write_best_yaml)
 from utils.train.hyp import load_hyp
 
 HYP = load_hyp("hyp.scratch-low.yaml")

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import both_formulations
 
 import models.common  # noqa: F401  (registers every block)
 from models.registry import REGISTRY, LayerContext, check_call, op_flop_rules
@@ -243,21 +244,6 @@ def test_msda_matches_official_formulation_without_writing_its_input():
         assert torch.allclose(wrapper(x.permute(0, 3, 1, 2)), y.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
 
 
-def _both_formulations(m, x):
-    """(output, input grad, {param: grad}) with every `explicit_attention` switch on, then off (SDPA)."""
-    runs = []
-    for explicit in (True, False):
-        for sub in m.modules():
-            if hasattr(type(sub), "explicit_attention"):
-                sub.explicit_attention = explicit
-        m.zero_grad(set_to_none=True)
-        xg = x.clone().requires_grad_(True)
-        y = m(xg)
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5)))
-        runs.append((y.detach(), xg.grad, {n: p.grad for n, p in m.named_parameters()}))
-    return runs
-
-
 @pytest.mark.parametrize("name,args", [("MSDA", [None, 8]), ("MSDA", [None, 4, False, None, 0, 0, 5, [1, 3]]),
                                        ("Sea_Attention", [None, 16, 2, 1])])  # attn_ratio 1: the fused CPU kernel
 def test_sdpa_equals_explicit_attention(name, args):
@@ -267,7 +253,7 @@ def test_sdpa_equals_explicit_attention(name, args):
     with torch.no_grad():
         for p in m.parameters():  # off the init (Sea's zero-initialised BN weights would zero the output)
             p.add_(torch.randn(p.shape) * 0.2)
-    (y0, dx0, g0), (y1, dx1, g1) = _both_formulations(m, torch.randn(2, 32, 9, 11))
+    (y0, dx0, g0), (y1, dx1, g1) = both_formulations(m, torch.randn(2, 32, 9, 11))
     for got, want, what in [(y1, y0, "output"), (dx1, dx0, "input grad")] + [(g1[n], g0[n], n) for n in g0]:
         assert (got - want).abs().max() <= 1e-5 * want.abs().max() + 1e-7, f"{name} {what}"
 

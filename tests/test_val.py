@@ -158,12 +158,18 @@ def test_wrong_dataset_for_weights_is_refused(tmp_path, weights):
 
 # ------------------------------------------------------------------------------------ official weights --
 
-def test_official_yolov5n_on_coco8_agrees_with_pycocotools(tmp_path, shared_dir, official_weights):
+@pytest.fixture
+def coco8_data(shared_dir) -> dict:
+    """coco8 from ../shared as a dataset dict with COCO's 80 names (skips without it)."""
     coco8 = shared_dir / "datasets" / "coco8"
     if not (coco8 / "images" / "val").is_dir():
         pytest.skip("coco8 is not present")
     names = yaml.safe_load((val.ROOT / "data" / "coco128.yaml").read_text())["names"]
-    data = {"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}
+    return {"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}
+
+
+def test_official_yolov5n_on_coco8_agrees_with_pycocotools(tmp_path, coco8_data, official_weights):
+    data = coco8_data
     r, _, _ = val.run(data=data, weights=str(official_weights), imgsz=320, device="cpu", workers=0, save_json=True,
                       plots=False, project=tmp_path / "r", name="exp")
     from utils.eval.coco_eval import coco_evaluate
@@ -174,7 +180,7 @@ def test_official_yolov5n_on_coco8_agrees_with_pycocotools(tmp_path, shared_dir,
     assert abs(coco_map - r[3]) < 0.02 and abs(coco_map50 - r[2]) < 0.02
 
 
-def test_training_and_standalone_calls_agree_on_coco8(tmp_path, shared_dir, official_weights):
+def test_training_and_standalone_calls_agree_on_coco8(tmp_path, coco8_data, official_weights):
     """The same model on the same batches scores exactly the same through both entry points: validate_weights
     (a file, as val.py) and validate_model (an in-memory model and a ready loader, as the trainer). The file's
     backend runs channels-last on CPU, so the in-memory model does too (else sums reorder at the 1e-6 level)."""
@@ -182,11 +188,7 @@ def test_training_and_standalone_calls_agree_on_coco8(tmp_path, shared_dir, offi
     from utils.data.loader import create_dataloader
     from utils.torch_utils import try_channels_last
 
-    coco8 = shared_dir / "datasets" / "coco8"
-    if not (coco8 / "images" / "val").is_dir():
-        pytest.skip("coco8 is not present")
-    names = yaml.safe_load((val.ROOT / "data" / "coco128.yaml").read_text())["names"]
-    data = {"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}
+    data = coco8_data
     standalone = validate_weights(str(official_weights), data, ValOutputs(tmp_path / "s"), imgsz=320, device="cpu",
                                   workers=0)
     from utils.data.dataset_yaml import check_dataset
@@ -240,12 +242,8 @@ def test_bf16_val_runs_close_to_fp32_and_refuses_what_it_cannot_do(tmp_path, wei
         check_bf16(torch.device("cpu"), False, False)
 
 
-def test_bf16_val_of_the_official_yolov5n_on_coco8_is_within_001_of_fp32(tmp_path, shared_dir, official_weights):
-    coco8 = shared_dir / "datasets" / "coco8"
-    if not (coco8 / "images" / "val").is_dir():
-        pytest.skip("coco8 is not present")
-    names = yaml.safe_load((val.ROOT / "data" / "coco128.yaml").read_text())["names"]
-    data = {"path": str(coco8), "train": "images/train", "val": "images/val", "names": names}
+def test_bf16_val_of_the_official_yolov5n_on_coco8_is_within_001_of_fp32(tmp_path, coco8_data, official_weights):
+    data = coco8_data
     kw = dict(data=data, weights=str(official_weights), imgsz=320, device="cpu", workers=0, plots=False,
               project=tmp_path / "r")
     fp32, _, _ = val.run(**kw, name="fp32")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from utils.eval.metrics import fitness
 from utils.train.results import METRIC_KEYS, VAL_LOSS_KEYS
 
 # key: (mutation gain 0..1, lower limit, upper limit), YOLOv5 v6.1's table. Gain 0: never mutated.
@@ -28,14 +29,7 @@ META = {
     "mixup": (1, 0.0, 1.0), "copy_paste": (1, 0.0, 1.0),
 }
 RESULT_COLUMNS = METRIC_KEYS + VAL_LOSS_KEYS  # evolve.csv's first 7 columns: P, R, mAP50, mAP50-95, val losses
-FITNESS_WEIGHTS = (0.0, 0.0, 0.1, 0.9)  # of P, R, mAP50, mAP50-95 (YOLOv5's fitness)
 TOP, MUTATION_PROBABILITY, SIGMA = 5, 0.8, 0.2
-
-
-def fitness(rows: np.ndarray) -> np.ndarray:
-    """Fitness of each row whose first 4 columns are P, R, mAP50, mAP50-95."""
-    rows = np.asarray(rows, dtype=np.float64).reshape(-1, np.shape(rows)[-1])
-    return rows[:, :4] @ np.array(FITNESS_WEIGHTS)
 
 
 def select_parent(rows: np.ndarray, rng: np.random.Generator, top: int = TOP) -> np.ndarray:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.train.evolve_math import RESULT_COLUMNS, fitness, read_generations
+from utils.eval.metrics import fitness
+from utils.train.evolve_math import RESULT_COLUMNS, read_generations
 
 COLUMNS = 5
 
